@@ -1,0 +1,226 @@
+//! Child processes of the agent.
+//!
+//! Each spawned process is watched through a pidfd and reaped by exactly that pidfd
+//! (`waitid(P_PIDFD)`), so no wait ever steals another's status. As PID 1 the agent also
+//! inherits orphans; a sweeper reaps zombies whose parent is us and that nobody registered,
+//! found through /proc (a blind `waitpid(-1)` would race with the pidfd waits).
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
+use tokio::sync::oneshot;
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    /// Shell convention: the code, or 128 + signal.
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// Pids spawned through `Procs`, which the orphan sweeper must leave alone. The lock is held
+/// across spawn + insert so a fast child cannot be mistaken for an orphan.
+fn registered() -> &'static Mutex<HashSet<i32>> {
+    static SET: OnceLock<Mutex<HashSet<i32>>> = OnceLock::new();
+    SET.get_or_init(|| Mutex::new(HashSet::new()))
+}
+
+/// The registry of spawned processes.
+#[derive(Clone, Default)]
+pub struct Procs {}
+
+impl std::fmt::Debug for Procs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Procs")
+    }
+}
+
+/// A spawned process: its pid (also its process group id) and pipes.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: i32,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Option<ChildStdout>,
+    pub stderr: Option<ChildStderr>,
+    pub exit: oneshot::Receiver<Exit>,
+}
+
+impl Procs {
+    /// Starts the orphan sweeper (once per process).
+    pub fn start_reaper(&self) -> io::Result<()> {
+        static STARTED: OnceLock<()> = OnceLock::new();
+        if STARTED.set(()).is_ok() {
+            std::thread::Builder::new()
+                .name("orphan-reaper".into())
+                .spawn(|| loop {
+                    sweep_orphans();
+                    std::thread::sleep(Duration::from_millis(200));
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Spawns `cmd` in its own process group and watches it (needs a tokio runtime).
+    pub fn spawn(&self, cmd: &mut Command) -> io::Result<Spawned> {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        let mut set = registered().lock().unwrap_or_else(|p| p.into_inner());
+        let mut child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        set.insert(pid);
+        drop(set);
+        let pidfd = open_pidfd(pid)?;
+        let (tx, rx) = oneshot::channel();
+        let done = move |exit: Exit| {
+            registered()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&pid);
+            let _ = tx.send(exit);
+        };
+        // The pidfd turns readable when the process exits, and the reactor reports that
+        // along with the pipes' end of file: no thread hop between the exit and the task
+        // that waits for it (a blocking waitid per child costs each command a wake-up of a
+        // pool thread). Where the reactor cannot watch it, a blocking waitid per live child
+        // does (the sandbox's pids limit bounds them). Either way exactly this pidfd reaps.
+        match watch(pidfd) {
+            Ok(watched) => {
+                tokio::spawn(async move { done(watch_exit(watched, pid).await) });
+            }
+            Err(_) => {
+                // Still our unreaped child, so the pid cannot have been reused.
+                let pidfd = open_pidfd(pid)?;
+                tokio::task::spawn_blocking(move || done(wait_exit(&pidfd)));
+            }
+        }
+        Ok(Spawned {
+            pid,
+            stdin: child.stdin.take().map(ChildStdin::from_std).transpose()?,
+            stdout: child.stdout.take().map(ChildStdout::from_std).transpose()?,
+            stderr: child.stderr.take().map(ChildStderr::from_std).transpose()?,
+            exit: rx,
+        })
+    }
+}
+
+/// Waits until the process behind `pidfd` exits and reaps exactly it.
+fn wait_exit(pidfd: &OwnedFd) -> Exit {
+    loop {
+        if let Some(exit) = reap(pidfd, WaitIdOptions::EXITED) {
+            return exit;
+        }
+    }
+}
+
+fn open_pidfd(pid: i32) -> io::Result<OwnedFd> {
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::other("spawned pid 0"))?;
+    rustix::process::pidfd_open(pid, PidfdFlags::empty()).map_err(io::Error::from)
+}
+
+/// A pidfd registered with the reactor, for readiness only: tokio's `AsyncFd` cannot be
+/// built without unsafe code (which this crate forbids), and its unchecked pipe receiver is
+/// the one safe wrapper that registers an arbitrary owned fd. Nothing is ever read from it.
+type WatchedPidfd = tokio::net::unix::pipe::Receiver;
+
+fn watch(pidfd: OwnedFd) -> io::Result<WatchedPidfd> {
+    tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(pidfd)
+}
+
+/// `wait_exit` through the reactor: waits until the pidfd is readable, then reaps.
+async fn watch_exit(pidfd: WatchedPidfd, pid: i32) -> Exit {
+    loop {
+        if pidfd.readable().await.is_err() {
+            // The reactor is gone (the runtime is shutting down): wait the plain way.
+            break;
+        }
+        if let Some(exit) = reap(&pidfd, WaitIdOptions::EXITED | WaitIdOptions::NOHANG) {
+            return exit;
+        }
+        // Readable but not waitable yet (not expected). The readiness stays set (the
+        // reactor is edge-triggered and would not report it again), so this polls.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(pidfd);
+    match open_pidfd(pid) {
+        Ok(fd) => tokio::task::spawn_blocking(move || wait_exit(&fd))
+            .await
+            .unwrap_or(Exit::Signal(libc::SIGKILL)),
+        Err(_) => Exit::Signal(libc::SIGKILL),
+    }
+}
+
+/// One `waitid` on the pidfd: the exit if the process was reaped, `None` if it has not
+/// exited yet (with `NOHANG`) or the wait was interrupted.
+fn reap(pidfd: &impl AsFd, options: WaitIdOptions) -> Option<Exit> {
+    match rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), options) {
+        Ok(Some(st)) => Some(match (st.exit_status(), st.terminating_signal()) {
+            (Some(code), _) => Exit::Code(code),
+            (None, Some(sig)) => Exit::Signal(sig),
+            (None, None) => Exit::Signal(libc::SIGKILL),
+        }),
+        Err(rustix::io::Errno::INTR) | Ok(None) => None,
+        Err(_) => Some(Exit::Signal(libc::SIGKILL)),
+    }
+}
+
+/// Reaps zombie children nobody registered (orphans reparented to us as PID 1).
+fn sweep_orphans() {
+    let me = std::process::id().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let set = registered().lock().unwrap_or_else(|p| p.into_inner());
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if set.contains(&pid) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let (state, ppid) = (fields.next(), fields.next());
+        if state == Some("Z") && ppid == Some(me.as_str()) {
+            if let Some(p) = Pid::from_raw(pid) {
+                let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG);
+            }
+        }
+    }
+}
+
+/// Sends `sig` to the whole process group `pgid`.
+pub fn signal_group(pgid: i32, sig: Signal) {
+    if let Some(pid) = Pid::from_raw(pgid) {
+        let _ = rustix::process::kill_process_group(pid, sig);
+    }
+}
+
+/// A command with piped stdio and the given environment, ready for `Procs::spawn`.
+pub fn piped(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}

@@ -1,0 +1,485 @@
+//! The only place in runbox-jail with `unsafe`: thin wrappers over syscalls that rustix does
+//! not expose (clone with namespace flags, mount_setattr, OFD locks, the loopback ioctl,
+//! landlock). Whatever the cloned child calls must be async-signal-safe: no allocation, no
+//! locks (see apply.rs).
+//! Each wrapper keeps the invariant local and documented; callers see safe functions.
+#![allow(unsafe_code)]
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// What `clone_process` returned in the calling process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    Parent { child: i32 },
+    Child,
+}
+
+/// `clone(2)` used like `fork(2)` but with namespace flags, so the child is born inside its
+/// new user, pid, mount, net, ipc and uts namespaces (one syscall instead of fork + unshare).
+///
+/// The caller must be single-threaded (or accept that the child only runs async-signal-safe
+/// code): like fork, only the calling thread is copied.
+pub fn clone_process(flags: libc::c_ulong) -> io::Result<Forked> {
+    // SAFETY: raw clone without CLONE_VM/CLONE_SETTLS behaves like fork(2): the child gets a
+    // copy-on-write copy of the address space and continues on a copy of this stack, so no
+    // memory is shared. The remaining arguments (child stack, tids, tls) are unused (null).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags | libc::SIGCHLD as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    match ret {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent { child: pid as i32 }),
+    }
+}
+
+/// Plain fork(2) through the same path (no namespace flags).
+pub fn fork_process() -> io::Result<Forked> {
+    clone_process(0)
+}
+
+/// `mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+pub const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// mount_setattr(2) on `path` (relative to `dirfd`), recursively when `recursive`.
+/// Only adds attributes: a mount attribute locked by a less privileged user namespace can be
+/// added to but never cleared, so this cannot fail the way MS_REMOUNT does in a user namespace.
+pub fn mount_setattr(
+    dirfd: Option<BorrowedFd<'_>>,
+    path: &CStr,
+    recursive: bool,
+    attr_set: u64,
+    userns: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.map_or(0, |fd| fd.as_raw_fd() as u64),
+    };
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    let dirfd = dirfd.map_or(libc::AT_FDCWD, |fd| fd.as_raw_fd());
+    // SAFETY: `path` is a valid NUL-terminated string and `attr` a valid, initialised struct
+    // whose size is passed alongside; the kernel only reads them during the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd,
+            path.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Marks every fd >= `first` close-on-exec (close_range(2) with CLOSE_RANGE_CLOEXEC), so the
+/// command inherits nothing but 0/1/2 whatever the caller leaked to us.
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range only changes fd flags of this process; no memory is passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn close_range(first: u32, last: u32) -> io::Result<()> {
+    // SAFETY: close_range only closes descriptors of this process; no memory is passed. The
+    // caller (the freshly cloned child) owns no Rust object wrapping these numbers.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Closes every descriptor >= 3 except those in `keep` (sorted ascending). For the freshly
+/// cloned child, whose fd table is a copy of the whole parent's, other threads' fds included.
+pub fn close_all_except(keep: &[i32]) -> io::Result<()> {
+    let mut first: u32 = 3;
+    for &fd in keep {
+        let Ok(fd) = u32::try_from(fd) else {
+            continue;
+        };
+        if fd < first {
+            continue;
+        }
+        if fd > first {
+            close_range(first, fd - 1)?;
+        }
+        first = fd.saturating_add(1);
+    }
+    close_range(first, u32::MAX)
+}
+
+/// Drops capability `cap` from the bounding set (PR_CAPBSET_DROP); rustix only takes its own
+/// enum, which lags behind new kernel capabilities, so we pass the raw number.
+pub fn drop_bounding_cap(cap: u32) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only; no memory is passed.
+    let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// seccomp(SECCOMP_SET_MODE_FILTER, 0, prog): installs a classic BPF filter on the calling
+/// thread. The kernel checks the program and requires no_new_privs (or CAP_SYS_ADMIN).
+pub fn seccomp_set_filter(program: &[libc::sock_filter]) -> io::Result<()> {
+    let len =
+        u16::try_from(program.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` describes `program`, which is valid for `len` instructions and outlives
+    // the call; the kernel only copies the instructions in (it never writes through `filter`).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0 as libc::c_uint,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Brings the loopback interface of the current network namespace up (SIOCSIFFLAGS).
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: socket() takes integers only.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: `req` is a valid ifreq that outlives the call; `sock` is our open socket.
+    let ret = unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &req as *const libc::ifreq) };
+    let err = io::Error::last_os_error();
+    // SAFETY: `sock` is owned here and closed exactly once.
+    unsafe { libc::close(sock) };
+    if ret == -1 {
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Takes an open-file-description lock on byte `offset` of `fd` without waiting. Returns
+/// false when another process holds it. OFD locks die with the last fd of the description,
+/// so a crashed runbox frees its slot without cleanup.
+pub fn try_lock_byte(fd: BorrowedFd<'_>, offset: u64) -> io::Result<bool> {
+    // SAFETY: flock is plain old data; all-zero is valid and then filled in.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock.l_start = offset as libc::off_t;
+    lock.l_len = 1;
+    // SAFETY: `lock` is valid for the duration of the call; fcntl reads it.
+    let ret = unsafe {
+        libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_OFD_SETLK,
+            &lock as *const libc::flock,
+        )
+    };
+    if ret == -1 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+            _ => Err(err),
+        };
+    }
+    Ok(true)
+}
+
+/// Writes all of `buf` to a raw fd without allocating (used in the child before exec).
+pub fn write_all_raw(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a valid readable slice for its length.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(err);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// execve(2) with prepared, NUL-terminated pointer arrays. Returns only on failure.
+pub fn execve(
+    path: &CStr,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> io::Error {
+    debug_assert!(argv.last().is_some_and(|p| p.is_null()));
+    debug_assert!(envp.last().is_some_and(|p| p.is_null()));
+    // SAFETY: `path` is NUL-terminated; `argv` and `envp` are null-terminated arrays of
+    // pointers into CStrings owned by the plan, which outlives this call.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// Ends the current process immediately, without running atexit handlers or destructors
+/// (which belong to the parent's copy of the state).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+/// Resets every signal disposition to default and unblocks all signals, so the command does
+/// not inherit runbox's own signal handling.
+pub fn reset_signals() {
+    // SAFETY: sigset_t is plain old data; sigemptyset initialises it; the loop only installs
+    // SIG_DFL, which is always valid (errors for SIGKILL/SIGSTOP are ignored on purpose).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in 1..libc::SIGRTMAX() {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+}
+
+/// Sets the parent-death signal, so the jail's init dies if runbox dies.
+pub fn set_parent_death_signal(sig: i32) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Borrows a descriptor the child inherited from the parent. The parent's `Prepared` owns
+/// these fds and keeps them open until the child has exec'd or exited, so 'static is honest
+/// within the child.
+pub fn borrow_inherited(raw: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: see above; the fd stays open for the child's lifetime.
+    unsafe { BorrowedFd::borrow_raw(raw) }
+}
+
+/// Closes this process's copy of an inherited descriptor (the parent keeps its own).
+pub fn close_inherited(raw: RawFd) {
+    // SAFETY: closing a descriptor number this process owns a copy of; no Rust object in the
+    // child owns it (the OwnedFds belong to the parent's copy of the state).
+    unsafe { libc::close(raw) };
+}
+
+/// dup2(2).
+pub fn dup_onto(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 only manipulates this process's fd table.
+    if unsafe { libc::dup2(from, to) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// waitpid(-1): reaps any child, returning its pid and raw wait status.
+pub fn wait_any() -> io::Result<(i32, i32)> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid writes the status into our local integer.
+    let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+    if pid == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((pid, status))
+}
+
+/// unshare(CLONE_NEWCGROUP).
+pub fn unshare_cgroup_namespace() -> io::Result<()> {
+    // SAFETY: unsharing the cgroup namespace does not invalidate any memory or fd; the
+    // process is single-threaded here.
+    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION): the kernel's ABI
+/// version, or 0 when landlock is missing or disabled.
+pub fn landlock_abi_version() -> i32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: the version query takes a null attr pointer and size 0 by definition.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if ret < 0 {
+        0
+    } else {
+        ret as i32
+    }
+}
+
+/// `struct landlock_ruleset_attr` (uapi). Fields the running kernel does not know must be 0:
+/// the kernel accepts a larger struct only when the extra bytes are zero.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LandlockRulesetAttr {
+    pub handled_access_fs: u64,
+    pub handled_access_net: u64,
+    pub scoped: u64,
+}
+
+/// `struct landlock_path_beneath_attr` (uapi), which the kernel declares packed.
+#[repr(C, packed)]
+#[derive(Debug, Clone, Copy)]
+struct LandlockPathBeneathAttr {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+const LANDLOCK_RULE_PATH_BENEATH: libc::c_uint = 1;
+
+fn errno_of(ret: libc::c_long) -> Result<libc::c_long, rustix::io::Errno> {
+    if ret < 0 {
+        Err(rustix::io::Errno::from_raw_os_error(
+            io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        ))
+    } else {
+        Ok(ret)
+    }
+}
+
+/// landlock_create_ruleset(2): a new ruleset fd (close-on-exec, as the kernel always makes it).
+/// Async-signal-safe: no allocation.
+pub fn landlock_create_ruleset(attr: &LandlockRulesetAttr) -> Result<OwnedFd, rustix::io::Errno> {
+    // SAFETY: `attr` is a valid, initialised #[repr(C)] struct whose size is passed alongside;
+    // the kernel only reads it during the call.
+    let ret = errno_of(unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            attr as *const LandlockRulesetAttr,
+            std::mem::size_of::<LandlockRulesetAttr>(),
+            0 as libc::c_uint,
+        )
+    })?;
+    // SAFETY: on success the syscall returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+}
+
+/// landlock_add_rule(2) with LANDLOCK_RULE_PATH_BENEATH: `allowed` under `parent` (an O_PATH
+/// fd). Async-signal-safe: no allocation.
+pub fn landlock_add_path_rule(
+    ruleset: BorrowedFd<'_>,
+    parent: BorrowedFd<'_>,
+    allowed: u64,
+) -> Result<(), rustix::io::Errno> {
+    let attr = LandlockPathBeneathAttr {
+        allowed_access: allowed,
+        parent_fd: parent.as_raw_fd(),
+    };
+    // SAFETY: `attr` is a valid, initialised packed struct laid out as the uapi declares it;
+    // the kernel only reads it during the call. Both fds are borrowed, so open.
+    errno_of(unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset.as_raw_fd(),
+            LANDLOCK_RULE_PATH_BENEATH,
+            &attr as *const LandlockPathBeneathAttr,
+            0 as libc::c_uint,
+        )
+    })?;
+    Ok(())
+}
+
+/// landlock_restrict_self(2): enforces `ruleset` on the calling thread (the child is
+/// single-threaded, so on the whole process). Requires no_new_privs or CAP_SYS_ADMIN.
+pub fn landlock_restrict_self(ruleset: BorrowedFd<'_>) -> Result<(), rustix::io::Errno> {
+    // SAFETY: integers only; the fd is borrowed, so open.
+    errno_of(unsafe {
+        libc::syscall(
+            libc::SYS_landlock_restrict_self,
+            ruleset.as_raw_fd(),
+            0 as libc::c_uint,
+        )
+    })?;
+    Ok(())
+}
+
+/// Overwrites `[start, end)` of this process's memory with NUL bytes, after copying `label`
+/// to its start. Used by the jail's init on the argv and environment areas it inherited from
+/// runbox, which /proc/1/cmdline would otherwise show to the sandbox (host paths, --env
+/// values). The range must be the process's own arg or env area as read from
+/// /proc/self/stat by the parent this process was cloned from.
+pub fn scrub_memory(start: usize, end: usize, label: &[u8]) {
+    if start == 0 || end <= start {
+        return;
+    }
+    let len = end - start;
+    let ptr = start as *mut u8;
+    // SAFETY: [start, end) is the argv or environment block of this very process (the
+    // addresses come from our own /proc/self/stat, read before clone, and the child shares the
+    // parent's layout). That block is ordinary writable stack memory owned by the process;
+    // after the copy nobody in the child reads argv/environ again.
+    unsafe {
+        std::ptr::write_bytes(ptr, 0, len);
+        std::ptr::copy_nonoverlapping(label.as_ptr(), ptr, label.len().min(len.saturating_sub(1)));
+    }
+}
+
+/// setns(2) of the calling thread into the network namespace of the process behind `pidfd`
+/// (Linux >= 5.8 accepts a pidfd). Only the calling thread moves.
+pub fn enter_net_namespace_of(pidfd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: setns takes an fd and a flag; it changes only this thread's network namespace,
+    // which the caller uses on a thread of its own that ends right after.
+    if unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWNET) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

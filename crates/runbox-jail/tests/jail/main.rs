@@ -1,0 +1,202 @@
+//! runbox-jail end to end: real sandboxes, so root only (each test says SKIPPED otherwise).
+
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use runbox_jail::{OutputSink, Policy, Sandbox, Status, Stdin};
+
+fn root_or_skip(test: &str) -> bool {
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root {
+        eprintln!("SKIPPED (needs root): {test} creates namespaces and cgroups");
+    }
+    root
+}
+
+struct Discard;
+
+impl OutputSink for Discard {
+    fn stdout(&mut self, _: &[u8]) {}
+    fn stderr(&mut self, _: &[u8]) {}
+}
+
+/// Counts stdout bytes where another thread can watch them arrive.
+struct Counter(Arc<AtomicUsize>);
+
+impl OutputSink for Counter {
+    fn stdout(&mut self, data: &[u8]) {
+        self.0.fetch_add(data.len(), Ordering::SeqCst);
+    }
+    fn stderr(&mut self, _: &[u8]) {}
+}
+
+const TUNED: &str = "RUNBOX_JAIL_TEST_MALLOC_TUNED";
+
+/// Regression: the cloned child used to build the landlock ruleset with the allocator. Cloned
+/// from a multi-threaded process, it inherits the allocator's lock in whatever state another
+/// thread left it and can hang forever. Now 8 threads start 20 sandboxes while 4 others keep
+/// the allocator busy; every one must finish.
+///
+/// glibc's per-thread caches and arenas hide the bug most of the time (a small allocation
+/// rarely takes a lock another thread holds), so the test runs itself again with one arena and
+/// no tcache: then an allocation in the child deadlocks in nearly every run.
+#[test]
+fn clone_from_a_multithreaded_process_does_not_deadlock() {
+    const NAME: &str = "clone_from_a_multithreaded_process_does_not_deadlock";
+    if !root_or_skip(NAME) {
+        return;
+    }
+    if std::env::var_os(TUNED).is_none() {
+        let exe = std::env::current_exe().expect("own path");
+        let mut child = std::process::Command::new(exe)
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env(TUNED, "1")
+            .env(
+                "GLIBC_TUNABLES",
+                "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=1",
+            )
+            .spawn()
+            .expect("runs itself");
+        let deadline = Instant::now() + Duration::from_secs(150);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waits") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the sandboxes did not finish within 150 s (deadlocked children?)");
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            status.success(),
+            "{NAME} with a single malloc arena: {status}"
+        );
+        return;
+    }
+    const SANDBOXES: usize = 20;
+    const SPAWNERS: usize = 8;
+    let stop = Arc::new(AtomicBool::new(false));
+    let allocators: Vec<_> = (0..4)
+        .map(|i| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut rounds = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let v: Vec<Vec<u8>> = (0..64).map(|n| vec![i as u8; 16 + n * 61]).collect();
+                    let s: String = v.iter().map(|b| b.len().to_string()).collect();
+                    rounds += s.len() as u64;
+                }
+                rounds
+            })
+        })
+        .collect();
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let (done_tx, done_rx) = mpsc::channel();
+    for _ in 0..SPAWNERS {
+        let next = next.clone();
+        let done_tx = done_tx.clone();
+        thread::spawn(move || {
+            while next.fetch_add(1, Ordering::SeqCst) < SANDBOXES {
+                let mut policy = Policy::new(vec!["/bin/true".into()]);
+                // A deadlocked child shows up as a timeout instead of a hang.
+                policy.limits.timeout = Some(Duration::from_secs(20));
+                let result = runbox_jail::run(&policy, Stdin::Null, &mut Discard)
+                    .map(|o| (o.status, o.exit_code))
+                    .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)));
+                let _ = done_tx.send(result);
+            }
+        });
+    }
+    drop(done_tx);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut finished = 0;
+    while finished < SANDBOXES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match done_rx.recv_timeout(left) {
+            Ok(result) => {
+                assert_eq!(result, Ok((Status::Ok, Some(0))));
+                finished += 1;
+            }
+            Err(e) => panic!("only {finished} of {SANDBOXES} sandboxes finished: {e}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for a in allocators {
+        assert!(a.join().expect("allocator thread") > 0);
+    }
+}
+
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+#[test]
+fn pause_stops_output_resume_restarts_it_and_a_paused_sandbox_can_be_killed() {
+    if !root_or_skip("pause_stops_output_resume_restarts_it_and_a_paused_sandbox_can_be_killed") {
+        return;
+    }
+    let policy = Policy::new(vec![
+        "sh".into(),
+        "-c".into(),
+        "while :; do echo x; sleep 0.05; done".into(),
+    ]);
+    let sandbox = Sandbox::spawn(&policy, Stdin::Null).expect("spawns");
+    let control = sandbox.control();
+    if !control.can_pause() {
+        eprintln!("SKIPPED: this host has no cgroup freezer (v1 `freezer` or v2 cgroup.freeze)");
+        return;
+    }
+    let seen = Arc::new(AtomicUsize::new(0));
+    let sink_count = seen.clone();
+    let waiter = thread::spawn(move || sandbox.wait(&mut Counter(sink_count)));
+    let count = || seen.load(Ordering::SeqCst);
+
+    assert!(
+        wait_until(Duration::from_secs(10), || count() >= 4),
+        "no output before pause"
+    );
+    control.pause().expect("pauses");
+    control.pause().expect("pausing twice is a no-op");
+    // Output written just before the freeze may still be on its way through the pipe.
+    thread::sleep(Duration::from_millis(50));
+    let paused_at = count();
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(count(), paused_at, "output arrived while paused");
+
+    control.resume().expect("resumes");
+    assert!(
+        wait_until(Duration::from_secs(5), || count() >= paused_at + 4),
+        "output did not resume"
+    );
+
+    control.pause().expect("pauses again");
+    let started = Instant::now();
+    control.kill();
+    let (done_tx, done_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = done_tx.send(waiter.join());
+    });
+    let outcome = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("wait returns after killing a paused sandbox")
+        .expect("wait thread")
+        .expect("outcome");
+    assert_eq!(outcome.status, Status::Signaled);
+    assert_eq!(outcome.signal, Some(libc::SIGKILL));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(outcome.enforcement.cgroup.freezer);
+    assert!(control.pause().is_err(), "a killed sandbox was paused");
+}

@@ -1,0 +1,773 @@
+//! The live sandboxes: creation (quota-checked, on a blocking thread because the jail clones),
+//! supervision, expiry, deletion, and reconciliation after a restart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use runbox_jail::Policy;
+use runbox_runtime::{agent_argv, AgentClient, AgentSandbox};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::audit::Auditor;
+use crate::config::{parse_cpu, parse_memory, Config};
+use crate::error::ApiError;
+use crate::store::{SandboxRow, Store};
+
+/// What a create request asks for, validated.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub image: String,
+    pub rootfs: Option<PathBuf>,
+    pub entrypoint: Vec<String>,
+    pub timeout: Option<Duration>,
+    pub memory_bytes: u64,
+    pub cpus: f64,
+    pub pids: u64,
+    pub env: BTreeMap<String, String>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub output_limit: Option<u64>,
+    pub import_allow: Option<String>,
+    pub import_deny: Option<String>,
+    /// Ended after this long without a request through the proxy.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// A running sandbox.
+#[derive(Debug)]
+pub struct Live {
+    pub id: String,
+    pub tenant: String,
+    pub memory_bytes: u64,
+    pub client: AgentClient,
+    pub token: String,
+    pub expires_at: Mutex<Option<OffsetDateTime>>,
+    pub paused: Mutex<bool>,
+    /// Kill, pause, resume, and connect into the sandbox's network namespace.
+    pub control: runbox_jail::Control,
+    pub idle_timeout: Option<Duration>,
+    /// Last request through the proxy (or creation).
+    pub last_activity: Mutex<std::time::Instant>,
+    /// Owns the sandbox: dropping it kills everything and removes the socket.
+    handle: Mutex<Option<AgentSandbox>>,
+}
+
+#[derive(Debug)]
+pub struct Manager {
+    pub config: Arc<Config>,
+    pub store: Arc<Store>,
+    pub auditor: Auditor,
+    agent: PathBuf,
+    live: Mutex<HashMap<String, Arc<Live>>>,
+    /// Quota reservations of creations in flight, per tenant: (count, memory).
+    reserved: Mutex<HashMap<String, (usize, u64)>>,
+    pools: Vec<Pool>,
+    pool_changed: tokio::sync::Notify,
+    pub counters: Counters,
+    spawner: crate::spawner::Spawner,
+}
+
+/// Monotonic counters for /metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub created: std::sync::atomic::AtomicU64,
+    pub created_from_pool: std::sync::atomic::AtomicU64,
+    pub create_failures: std::sync::atomic::AtomicU64,
+    pub expired: std::sync::atomic::AtomicU64,
+}
+
+/// A started sandbox with a ready agent that belongs to no tenant yet.
+#[derive(Debug)]
+pub struct Ready {
+    id: String,
+    handle: AgentSandbox,
+}
+
+/// Warm sandboxes of one profile.
+#[derive(Debug)]
+struct Pool {
+    config: crate::config::PoolConfig,
+    spec: Spec,
+    ready: Mutex<Vec<Ready>>,
+}
+
+impl Pool {
+    fn matches(&self, s: &Spec) -> bool {
+        let p = &self.spec;
+        p.image == s.image
+            && p.memory_bytes == s.memory_bytes
+            && (p.cpus - s.cpus).abs() < 1e-9
+            && p.pids == s.pids
+            && s.env.is_empty()
+            && s.output_limit.is_none()
+            && s.import_allow.is_none()
+            && s.import_deny.is_none()
+    }
+}
+
+pub fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+pub fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+fn shell_join(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,".contains(&b))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Manager {
+    pub fn new(config: Arc<Config>, store: Arc<Store>, agent: PathBuf) -> Result<Self, ApiError> {
+        let auditor = Auditor::new(store.clone());
+        let mut pools = Vec::new();
+        for p in &config.pools {
+            let memory_bytes = parse_memory(&p.memory).ok_or_else(|| {
+                ApiError::BadRequest(format!("pool memory `{}` is not a quantity", p.memory))
+            })?;
+            let cpus = parse_cpu(&p.cpu).ok_or_else(|| {
+                ApiError::BadRequest(format!("pool cpu `{}` is not a quantity", p.cpu))
+            })?;
+            let spec = Spec {
+                image: p.image.clone(),
+                rootfs: config.images.get(&p.image).cloned(),
+                entrypoint: vec!["tail".into(), "-f".into(), "/dev/null".into()],
+                timeout: None,
+                memory_bytes,
+                cpus,
+                pids: p.pids,
+                env: BTreeMap::new(),
+                metadata: serde_json::Map::new(),
+                output_limit: None,
+                import_allow: None,
+                import_deny: None,
+                idle_timeout: None,
+            };
+            pools.push(Pool {
+                config: p.clone(),
+                spec,
+                ready: Mutex::new(Vec::new()),
+            });
+        }
+        Ok(Self {
+            config,
+            store,
+            auditor,
+            agent,
+            live: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(HashMap::new()),
+            pools,
+            pool_changed: tokio::sync::Notify::new(),
+            counters: Counters::default(),
+            spawner: crate::spawner::Spawner::new(2)
+                .map_err(|e| ApiError::Internal(format!("cannot start spawner threads: {e}")))?,
+        })
+    }
+
+    /// Ready sandboxes waiting in pools.
+    pub fn pooled(&self) -> usize {
+        self.pools
+            .iter()
+            .map(|p| p.ready.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    pub fn get_live(&self, id: &str) -> Option<Arc<Live>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// The tenant's live sandbox `id`, or the same 404 whether it is another tenant's or none.
+    pub fn owned(&self, tenant: &str, id: &str) -> Result<Arc<Live>, ApiError> {
+        self.get_live(id)
+            .filter(|l| l.tenant == tenant)
+            .ok_or_else(|| ApiError::SandboxNotFound(id.to_owned()))
+    }
+
+    /// Marks sandboxes that were alive when the server stopped as terminated: their processes
+    /// died with the server (PDEATHSIG), their workspaces stay on disk.
+    pub fn reconcile(&self) -> Result<usize, ApiError> {
+        let ids = self
+            .store
+            .live_ids()
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let stamp = rfc3339(now());
+        for id in &ids {
+            let _ = self.store.set_state(
+                id,
+                "Terminated",
+                Some("server_restart"),
+                Some("the server stopped while the sandbox ran; its workspace is kept"),
+                &stamp,
+            );
+        }
+        Ok(ids.len())
+    }
+
+    fn reserve(&self, tenant: &str, memory: u64) -> Result<(), ApiError> {
+        let max_mem = parse_memory(&self.config.quotas.max_memory).unwrap_or(u64::MAX);
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        let (live_count, live_mem) = live
+            .values()
+            .filter(|l| l.tenant == tenant)
+            .fold((0usize, 0u64), |(c, m), l| (c + 1, m + l.memory_bytes));
+        let r = reserved.entry(tenant.to_owned()).or_default();
+        if live_count + r.0 + 1 > self.config.quotas.max_sandboxes {
+            return Err(ApiError::Quota(format!(
+                "tenant {tenant} already has {} live sandboxes (limit {})",
+                live_count + r.0,
+                self.config.quotas.max_sandboxes
+            )));
+        }
+        if live_mem + r.1 + memory > max_mem {
+            return Err(ApiError::Quota(format!(
+                "tenant {tenant} would exceed its memory quota of {}",
+                self.config.quotas.max_memory
+            )));
+        }
+        r.0 += 1;
+        r.1 += memory;
+        Ok(())
+    }
+
+    fn unreserve(&self, tenant: &str, memory: u64) {
+        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = reserved.get_mut(tenant) {
+            r.0 = r.0.saturating_sub(1);
+            r.1 = r.1.saturating_sub(memory);
+        }
+    }
+
+    /// Validates a create request into a `Spec`.
+    pub fn spec(&self, req: &crate::api::CreateRequest) -> Result<Spec, ApiError> {
+        let image = req
+            .image
+            .as_ref()
+            .map_or_else(|| "default".to_owned(), |i| i.uri.clone());
+        let rootfs = self.config.images.get(&image).cloned();
+        let entrypoint = req
+            .entrypoint
+            .clone()
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| vec!["tail".into(), "-f".into(), "/dev/null".into()]);
+        let timeout = match req.timeout {
+            Some(Some(t)) if t < 60 => {
+                return Err(ApiError::BadRequest(format!(
+                    "timeout must be at least 60 seconds, not {t}"
+                )))
+            }
+            Some(Some(t)) if t > self.config.max_timeout_seconds => {
+                return Err(ApiError::BadRequest(format!(
+                    "timeout {t} exceeds the server's maximum of {} seconds",
+                    self.config.max_timeout_seconds
+                )))
+            }
+            Some(Some(t)) => Some(Duration::from_secs(t)),
+            Some(None) => None,
+            None => self.config.default_timeout_seconds.map(Duration::from_secs),
+        };
+        let limits = req.resource_limits.clone().unwrap_or_default();
+        let memory = limits
+            .get("memory")
+            .cloned()
+            .unwrap_or_else(|| self.config.default_memory.clone());
+        let memory_bytes = parse_memory(&memory).filter(|m| *m >= 16 << 20).ok_or_else(|| ApiError::BadRequest(format!("resourceLimits.memory `{memory}` is not a quantity of at least 16Mi (e.g. 512Mi, 1Gi)")))?;
+        let cpu = limits
+            .get("cpu")
+            .cloned()
+            .unwrap_or_else(|| self.config.default_cpu.clone());
+        let cpus = parse_cpu(&cpu).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "resourceLimits.cpu `{cpu}` is not a CPU quantity (e.g. 500m, 1, 2)"
+            ))
+        })?;
+        let ext = req.extensions.clone().unwrap_or_default();
+        for key in ext.keys() {
+            if key.starts_with("runbox.")
+                && ![
+                    "runbox.pids",
+                    "runbox.output_limit",
+                    "runbox.import_allow",
+                    "runbox.import_deny",
+                    "runbox.network",
+                    "runbox.runtime",
+                    "runbox.idle_timeout",
+                ]
+                .contains(&key.as_str())
+            {
+                return Err(ApiError::BadRequest(format!("unknown extension `{key}`")));
+            }
+        }
+        let num = |key: &str| -> Result<Option<u64>, ApiError> {
+            ext.get(key)
+                .map(|v| {
+                    v.parse::<u64>().map_err(|_| {
+                        ApiError::BadRequest(format!(
+                            "extension {key} must be a whole number, not `{v}`"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        if let Some(net) = ext.get("runbox.network").filter(|n| n.as_str() != "none") {
+            return Err(ApiError::BadRequest(format!(
+                "runbox.network `{net}` is not supported yet (only `none`)"
+            )));
+        }
+        if let Some(rt) = ext.get("runbox.runtime").filter(|r| r.as_str() != "native") {
+            return Err(ApiError::BadRequest(format!(
+                "runbox.runtime `{rt}` is not available (only `native` so far)"
+            )));
+        }
+        let pids = num("runbox.pids")?.unwrap_or(self.config.default_pids);
+        if pids < 16 {
+            return Err(ApiError::BadRequest(
+                "runbox.pids must be at least 16 (the agent and its kernels need some)".into(),
+            ));
+        }
+        Ok(Spec {
+            image,
+            rootfs,
+            entrypoint,
+            timeout,
+            memory_bytes,
+            cpus,
+            pids,
+            env: req.env.clone().unwrap_or_default(),
+            metadata: req
+                .metadata
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect(),
+            output_limit: num("runbox.output_limit")?,
+            import_allow: ext.get("runbox.import_allow").cloned(),
+            import_deny: ext.get("runbox.import_deny").cloned(),
+            idle_timeout: match num("runbox.idle_timeout")? {
+                Some(0) => {
+                    return Err(ApiError::BadRequest(
+                        "runbox.idle_timeout must be at least 1 second".into(),
+                    ))
+                }
+                other => other.map(Duration::from_secs),
+            },
+        })
+    }
+
+    pub async fn create(
+        self: &Arc<Self>,
+        tenant: &str,
+        spec: Spec,
+    ) -> Result<(SandboxRow, bool), ApiError> {
+        self.reserve(tenant, spec.memory_bytes)?;
+        let pooled = self.take_pooled(&spec);
+        let from_pool = pooled.is_some();
+        let result = match pooled {
+            Some(ready) => self.activate(tenant, &spec, ready).await,
+            None => match self.launch(&spec).await {
+                Ok(ready) => self.activate(tenant, &spec, ready).await,
+                Err(e) => Err(e),
+            },
+        };
+        self.unreserve(tenant, spec.memory_bytes);
+        use std::sync::atomic::Ordering::Relaxed;
+        let (row, live) = result.inspect_err(|_| {
+            self.counters.create_failures.fetch_add(1, Relaxed);
+        })?;
+        self.counters.created.fetch_add(1, Relaxed);
+        if from_pool {
+            self.counters.created_from_pool.fetch_add(1, Relaxed);
+        }
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(row.id.clone(), live);
+        if from_pool {
+            self.pool_changed.notify_one();
+        }
+        Ok((row, from_pool))
+    }
+
+    /// Starts a sandbox for `spec` and waits for its agent; it belongs to no tenant yet.
+    async fn launch(self: &Arc<Self>, spec: &Spec) -> Result<Ready, ApiError> {
+        let id = runbox_runtime::random_hex(16);
+        let workspace = self.config.data_dir.join("workspaces").join(&id);
+        std::fs::create_dir_all(&workspace)
+            .map_err(|e| ApiError::Internal(format!("cannot create the workspace: {e}")))?;
+        let mut policy = Policy::new(Vec::new());
+        policy.limits.memory_bytes = Some(spec.memory_bytes);
+        policy.limits.cpus = Some(spec.cpus);
+        policy.limits.pids = Some(spec.pids);
+        policy.limits.timeout = None; // lifetimes are the reaper's job (renewable)
+        if let Some(o) = spec.output_limit {
+            policy.limits.output_bytes = o;
+        }
+        policy.limits.explicit = vec!["memory".into(), "cpus".into(), "pids".into()];
+        policy.env = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        policy.filesystem.workspace = Some(workspace);
+        policy.filesystem.rootfs = spec.rootfs.clone();
+        let mut extra = Vec::new();
+        if let Some(a) = &spec.import_allow {
+            extra.extend(["--python-allow".to_owned(), a.clone()]);
+        }
+        if let Some(d) = &spec.import_deny {
+            extra.extend(["--python-deny".to_owned(), d.clone()]);
+        }
+        policy.argv = agent_argv(&policy, &extra);
+        let agent = self.agent.clone();
+        let mut started = self
+            .spawner
+            .run(move || AgentSandbox::start(policy, &agent))
+            .await
+            .ok_or_else(|| ApiError::Internal("the sandbox spawner threads are gone".into()))?
+            .map_err(|e| {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                ApiError::Unavailable(format!("cannot start the sandbox: {msg}"))
+            })?;
+        let client = started.client();
+        // Supervise on a thread of its own: the jail's wait blocks.
+        if let Some(sb) = started.sandbox.take() {
+            let manager = Arc::downgrade(self);
+            let sid = id.clone();
+            std::thread::spawn(move || {
+                let mut sink = runbox_jail::Discard;
+                let outcome = sb.wait(&mut sink);
+                if let Some(m) = manager.upgrade() {
+                    m.ended(&sid, outcome.ok());
+                }
+            });
+        }
+        if let Err(e) = client.wait_ready(Duration::from_secs(15)).await {
+            return Err(ApiError::Unavailable(format!(
+                "the sandbox's agent did not start: {e}"
+            )));
+        }
+        Ok(Ready {
+            id,
+            handle: started,
+        })
+    }
+
+    /// Gives a ready sandbox to `tenant`: runs the entrypoint, records it, makes it live.
+    async fn activate(
+        &self,
+        tenant: &str,
+        spec: &Spec,
+        ready: Ready,
+    ) -> Result<(SandboxRow, Arc<Live>), ApiError> {
+        let client = ready.handle.client();
+        let token = ready.handle.token.clone();
+        let id = ready.id;
+        let created = now();
+        let live = Arc::new(Live {
+            id: id.clone(),
+            tenant: tenant.to_owned(),
+            memory_bytes: spec.memory_bytes,
+            client: client.clone(),
+            token,
+            expires_at: Mutex::new(spec.timeout.map(|t| created + t)),
+            paused: Mutex::new(false),
+            control: ready.handle.killer.clone(),
+            idle_timeout: spec.idle_timeout,
+            last_activity: Mutex::new(std::time::Instant::now()),
+            handle: Mutex::new(Some(ready.handle)),
+        });
+        let entry = shell_join(&spec.entrypoint);
+        if entry != "tail -f /dev/null" {
+            let _ = client
+                .request(
+                    "POST",
+                    "/command",
+                    Some(json!({ "command": entry, "background": true })),
+                )
+                .await;
+        }
+        let stamp = rfc3339(created);
+        let row = SandboxRow {
+            id: id.clone(),
+            tenant: tenant.to_owned(),
+            state: "Running".into(),
+            reason: Some("started".into()),
+            message: None,
+            image: spec.image.clone(),
+            entrypoint: spec.entrypoint.clone(),
+            metadata: spec.metadata.clone(),
+            memory_bytes: spec.memory_bytes,
+            created_at: stamp.clone(),
+            updated_at: stamp,
+            expires_at: spec.timeout.map(|t| rfc3339(created + t)),
+        };
+        self.store
+            .insert_sandbox(&row)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok((row, live))
+    }
+
+    /// A ready sandbox from a pool whose profile matches `spec` exactly.
+    fn take_pooled(&self, spec: &Spec) -> Option<Ready> {
+        let pool = self.pools.iter().find(|p| p.matches(spec))?;
+        pool.ready.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// Keeps every pool filled, forever (started by `serve`).
+    pub async fn fill_pools(self: Arc<Self>) {
+        loop {
+            for pool in &self.pools {
+                while pool.ready.lock().unwrap_or_else(|p| p.into_inner()).len() < pool.config.size
+                {
+                    match self.launch(&pool.spec).await {
+                        Ok(ready) => {
+                            if !pool.config.preload.is_empty() {
+                                let code = format!("import {}", pool.config.preload.join(", "));
+                                let client = ready.handle.client();
+                                if let Ok(r) = client.request("POST", "/code", Some(json!({ "context": { "language": "python" }, "code": code }))).await {
+                                    let _ = r.text().await;
+                                }
+                            }
+                            pool.ready
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(ready);
+                        }
+                        Err(e) => {
+                            eprintln!("runbox: warm pool for {}: {e}", pool.spec.image);
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            break;
+                        }
+                    }
+                }
+            }
+            self.pool_changed.notified().await;
+        }
+    }
+
+    /// Called by the supervisor thread when a sandbox's PID 1 is gone.
+    fn ended(&self, id: &str, outcome: Option<runbox_jail::Outcome>) {
+        for pool in &self.pools {
+            let mut ready = pool.ready.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(pos) = ready.iter().position(|r| r.id == id) {
+                drop(ready.remove(pos));
+                self.pool_changed.notify_one();
+            }
+        }
+        let removed = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if let Some(live) = removed {
+            live.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let why = outcome
+                .map(|o| format!("{:?}", o.status).to_lowercase())
+                .unwrap_or_else(|| "unknown".into());
+            let _ = self.store.set_state(
+                id,
+                "Failed",
+                Some("agent_exited"),
+                Some(&format!("the sandbox's agent exited ({why})")),
+                &rfc3339(now()),
+            );
+        }
+    }
+
+    /// Kills a sandbox and records why.
+    pub fn terminate(&self, id: &str, reason: &str) -> Option<Arc<Live>> {
+        let removed = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)?;
+        removed
+            .handle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let _ = self
+            .store
+            .set_state(id, "Terminated", Some(reason), None, &rfc3339(now()));
+        Some(removed)
+    }
+
+    /// Sandboxes nobody used for longer than their idle timeout (paused ones are not idle).
+    pub fn idle(&self) -> Vec<String> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|l| {
+                let paused = *l.paused.lock().unwrap_or_else(|p| p.into_inner());
+                let quiet = l
+                    .last_activity
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .elapsed();
+                !paused && l.idle_timeout.is_some_and(|t| quiet >= t)
+            })
+            .map(|l| l.id.clone())
+            .collect()
+    }
+
+    /// Sandboxes whose time is up.
+    pub fn expired(&self) -> Vec<String> {
+        let t = now();
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|l| {
+                l.expires_at
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some_and(|e| e <= t)
+            })
+            .map(|l| l.id.clone())
+            .collect()
+    }
+
+    /// Freezes or thaws the sandbox's processes.
+    pub fn set_paused(&self, live: &Live, pause: bool) -> Result<(), ApiError> {
+        let handle = live.handle.lock().unwrap_or_else(|p| p.into_inner());
+        let control = &handle
+            .as_ref()
+            .ok_or_else(|| ApiError::SandboxNotFound(live.id.clone()))?
+            .killer;
+        if !control.can_pause() {
+            return Err(ApiError::Unavailable(
+                "this host has no cgroup freezer, so sandboxes cannot be paused".into(),
+            ));
+        }
+        let result = if pause {
+            control.pause()
+        } else {
+            control.resume()
+        };
+        result.map_err(|e| {
+            ApiError::Conflict(format!(
+                "cannot {} the sandbox: {e}",
+                if pause { "pause" } else { "resume" }
+            ))
+        })?;
+        *live.paused.lock().unwrap_or_else(|p| p.into_inner()) = pause;
+        let state = if pause { "Paused" } else { "Running" };
+        let _ = self.store.set_state(
+            &live.id,
+            state,
+            Some(if pause { "user_pause" } else { "user_resume" }),
+            None,
+            &rfc3339(now()),
+        );
+        Ok(())
+    }
+
+    /// Live sandboxes per tenant.
+    pub fn live_by_tenant(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for l in self.live.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            *m.entry(l.tenant.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+/// Expires sandboxes and prunes the audit log, forever.
+pub async fn reaper(manager: Arc<Manager>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        for id in manager.idle() {
+            if let Some(live) = manager.terminate(&id, "idle_timeout") {
+                manager.auditor.lifecycle(
+                    &live.tenant,
+                    Some(&id),
+                    "sandbox.idle",
+                    json!({}),
+                    "ok",
+                    None,
+                );
+            }
+        }
+        for id in manager.expired() {
+            if let Some(live) = manager.terminate(&id, "ttl_expiry") {
+                manager
+                    .counters
+                    .expired
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                manager.auditor.lifecycle(
+                    &live.tenant,
+                    Some(&id),
+                    "sandbox.expire",
+                    json!({}),
+                    "ok",
+                    None,
+                );
+            }
+        }
+        n += 1;
+        if n % 3600 == 1 && manager.config.audit_retention_days > 0 {
+            let cutoff = now() - time::Duration::days(manager.config.audit_retention_days as i64);
+            let _ = manager
+                .store
+                .prune_audit((cutoff.unix_timestamp_nanos() / 1_000_000) as i64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entrypoints_are_quoted_for_the_shell() {
+        assert_eq!(
+            shell_join(&["tail".into(), "-f".into(), "/dev/null".into()]),
+            "tail -f /dev/null"
+        );
+        assert_eq!(
+            shell_join(&["python".into(), "it's here.py".into()]),
+            r"python 'it'\''s here.py'"
+        );
+    }
+
+    #[test]
+    fn ids_are_128_bit_hex() {
+        let id = runbox_runtime::random_hex(16);
+        assert_eq!(id.len(), 32);
+        assert_ne!(id, runbox_runtime::random_hex(16));
+    }
+}

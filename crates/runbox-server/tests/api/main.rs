@@ -1,0 +1,720 @@
+//! The server end to end: a real listener on a random port with a temp data dir, real native
+//! sandboxes, a small HTTP client. Tenancy and auth are checked on every lifecycle route.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use runbox_server::config::{Config, Quotas, TenantConfig};
+use serde_json::{json, Value};
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!(
+                "SKIPPED (needs root): {} starts native sandboxes",
+                module_path!()
+            );
+            return;
+        }
+    };
+}
+
+fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let agent = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("runbox-agent");
+    assert!(
+        agent.is_file(),
+        "{} missing: run `cargo build --workspace` first",
+        agent.display()
+    );
+    agent
+}
+
+struct Server {
+    addr: std::net::SocketAddr,
+}
+
+const KEY_A: &str = "key-of-tenant-a-123";
+const KEY_B: &str = "key-of-tenant-b-456";
+
+async fn spawn_server(max_sandboxes: usize) -> Server {
+    let mut b = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+    let dir = std::env::temp_dir().join(format!("runbox-server-test-{}", u64::from_ne_bytes(b)));
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir,
+        tenants: vec![
+            TenantConfig {
+                name: "a".into(),
+                keys: vec![KEY_A.into()],
+            },
+            TenantConfig {
+                name: "b".into(),
+                keys: vec![KEY_B.into()],
+            },
+        ],
+        quotas: Quotas {
+            max_sandboxes,
+            max_memory: "64Gi".into(),
+        },
+        ..Config::default()
+    };
+    let state = runbox_server::AppState::new(config, agent_binary()).expect("state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(runbox_server::manager::reaper(state.manager.clone()));
+    tokio::spawn(async move {
+        let _ = axum::serve(runbox_server::no_delay(listener), runbox_server::app(state)).await;
+    });
+    Server { addr }
+}
+
+struct Reply {
+    status: u16,
+    headers: hyper::HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
+    }
+}
+
+async fn call(
+    s: &Server,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Reply {
+    let stream = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", s.addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+    if !bytes.is_empty() {
+        req = req.header("content-type", "application/json");
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::from(bytes))).expect("req"))
+        .await
+        .expect("send");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = String::from_utf8_lossy(&resp.into_body().collect().await.expect("body").to_bytes())
+        .into_owned();
+    Reply {
+        status,
+        headers,
+        text,
+    }
+}
+
+fn key(k: &str) -> [(&str, &str); 1] {
+    [("OPEN-SANDBOX-API-KEY", k)]
+}
+
+async fn create(s: &Server, k: &str) -> String {
+    let body = json!({ "image": { "uri": "python:3.11" }, "entrypoint": ["tail", "-f", "/dev/null"], "timeout": 600, "resourceLimits": { "cpu": "1", "memory": "512Mi" }, "metadata": { "project": "apollo" } });
+    let r = call(s, "POST", "/v1/sandboxes", &key(k), Some(body)).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert!(r.headers.get("location").is_some());
+    let v = r.json();
+    assert_eq!(v["status"]["state"], "Running");
+    assert_eq!(v["entrypoint"], json!(["tail", "-f", "/dev/null"]));
+    v["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_is_open_and_every_response_has_a_request_id() {
+    require_root!();
+    let s = spawn_server(5).await;
+    let r = call(&s, "GET", "/health", &[], None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers.get("x-request-id").is_some());
+    let r = call(
+        &s,
+        "GET",
+        "/v1/sandboxes",
+        &[("x-request-id", "abc123")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.headers
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap_or_default()),
+        Some("abc123")
+    );
+    assert_eq!(r.json()["code"], "UNAUTHORIZED");
+    let r = call(&s, "GET", "/v1/sandboxes", &key("wrong-key-000000"), None).await;
+    assert_eq!(r.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lifecycle_and_proxy_end_to_end() {
+    require_root!();
+    let s = spawn_server(5).await;
+    let id = create(&s, KEY_A).await;
+    let r = call(&s, "GET", &format!("/v1/sandboxes/{id}"), &key(KEY_A), None).await;
+    assert_eq!(r.json()["image"]["uri"], "python:3.11");
+    let ep = call(
+        &s,
+        "GET",
+        &format!("/v1/sandboxes/{id}/endpoints/44772"),
+        &key(KEY_A),
+        None,
+    )
+    .await
+    .json();
+    let endpoint = ep["endpoint"].as_str().expect("endpoint").to_owned();
+    assert_eq!(endpoint, format!("{}/sandboxes/{id}/port/44772", s.addr));
+    let token = ep["headers"]["X-EXECD-ACCESS-TOKEN"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let path = endpoint.trim_start_matches(&s.addr.to_string()).to_owned();
+    let tok = [("X-EXECD-ACCESS-TOKEN", token.as_str())];
+    assert_eq!(
+        call(&s, "GET", &format!("{path}/ping"), &tok, None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        call(&s, "GET", &format!("{path}/ping"), &[], None)
+            .await
+            .status,
+        404
+    );
+    let r = call(
+        &s,
+        "POST",
+        &format!("{path}/command"),
+        &tok,
+        Some(json!({ "command": "echo hi; exit 4" })),
+    )
+    .await;
+    assert!(r.text.contains("\"text\":\"hi\""), "{}", r.text);
+    assert!(r.text.contains("\"evalue\":\"4\""));
+    let r = call(
+        &s,
+        "POST",
+        &format!("{path}/code"),
+        &tok,
+        Some(json!({ "context": { "language": "python" }, "code": "6 * 7" })),
+    )
+    .await;
+    assert!(r.text.contains("\"text\":\"42\""), "{}", r.text);
+    // The audit log saw both, with outcomes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let audit = call(
+        &s,
+        "GET",
+        &format!("/v1/audit?sandbox={id}"),
+        &key(KEY_A),
+        None,
+    )
+    .await
+    .json();
+    let kinds: Vec<&str> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"command") && kinds.contains(&"code") && kinds.contains(&"sandbox.create"),
+        "{audit}"
+    );
+    let cmd = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["kind"] == "command")
+        .expect("command record");
+    assert_eq!(cmd["exit_code"], 4);
+    assert_eq!(cmd["detail"]["text"], "echo hi; exit 4");
+    let exe = call(
+        &s,
+        "GET",
+        &format!("/v1/executions/{}", cmd["id"].as_str().expect("id")),
+        &key(KEY_A),
+        None,
+    )
+    .await;
+    assert_eq!(exe.status, 200);
+    assert_eq!(
+        call(
+            &s,
+            "GET",
+            &format!("/v1/executions/{}", cmd["id"].as_str().expect("id")),
+            &key(KEY_B),
+            None
+        )
+        .await
+        .status,
+        404
+    );
+    // Delete: gone from the proxy, recorded as terminated.
+    assert_eq!(
+        call(
+            &s,
+            "DELETE",
+            &format!("/v1/sandboxes/{id}"),
+            &key(KEY_A),
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    assert_eq!(
+        call(&s, "GET", &format!("{path}/ping"), &tok, None)
+            .await
+            .status,
+        404
+    );
+    let r = call(&s, "GET", &format!("/v1/sandboxes/{id}"), &key(KEY_A), None)
+        .await
+        .json();
+    assert_eq!(r["status"]["state"], "Terminated");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_tenants_sandbox_is_indistinguishable_from_none() {
+    require_root!();
+    let s = spawn_server(5).await;
+    let id = create(&s, KEY_A).await;
+    let missing = "0".repeat(32);
+    for (method, suffix, body) in [
+        ("GET", "", None),
+        ("DELETE", "", None),
+        ("PATCH", "/metadata", Some(json!({ "x": "y" }))),
+        (
+            "POST",
+            "/renew-expiration",
+            Some(json!({ "expiresAt": "2099-01-01T00:00:00Z" })),
+        ),
+        ("GET", "/endpoints/44772", None),
+        ("POST", "/pause", None),
+        ("POST", "/resume", None),
+    ] {
+        let theirs = call(
+            &s,
+            method,
+            &format!("/v1/sandboxes/{id}{suffix}"),
+            &key(KEY_B),
+            body.clone(),
+        )
+        .await;
+        let none = call(
+            &s,
+            method,
+            &format!("/v1/sandboxes/{missing}{suffix}"),
+            &key(KEY_B),
+            body,
+        )
+        .await;
+        assert_eq!(theirs.status, 404, "{method} {suffix}: {}", theirs.text);
+        assert_eq!(none.status, 404);
+        assert_eq!(theirs.json()["code"], none.json()["code"]);
+        assert_eq!(
+            theirs.json()["message"]
+                .as_str()
+                .map(|m| m.replace(&id, "ID")),
+            none.json()["message"]
+                .as_str()
+                .map(|m| m.replace(&missing, "ID"))
+        );
+    }
+    let list = call(&s, "GET", "/v1/sandboxes", &key(KEY_B), None)
+        .await
+        .json();
+    assert_eq!(list["pagination"]["totalItems"], 0);
+    // Still alive for its owner.
+    assert_eq!(
+        call(&s, "GET", &format!("/v1/sandboxes/{id}"), &key(KEY_A), None)
+            .await
+            .json()["status"]["state"],
+        "Running"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quota_holds_under_parallel_creates() {
+    require_root!();
+    let s = std::sync::Arc::new(spawn_server(3).await);
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = json!({ "image": { "uri": "default" }, "entrypoint": ["tail", "-f", "/dev/null"], "resourceLimits": { "cpu": "500m", "memory": "256Mi" } });
+            call(&s, "POST", "/v1/sandboxes", &key(KEY_A), Some(body)).await
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        let r = t.await.expect("task");
+        if r.status == 429 {
+            assert_eq!(r.json()["code"], "QUOTA_EXCEEDED");
+        }
+        codes.push(r.status);
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 202).count(), 3, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 7, "{codes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_filters_metadata_patch_and_renewal() {
+    require_root!();
+    let s = spawn_server(5).await;
+    let id = create(&s, KEY_A).await;
+    let r = call(
+        &s,
+        "PATCH",
+        &format!("/v1/sandboxes/{id}/metadata"),
+        &key(KEY_A),
+        Some(json!({ "project": null, "team": "ml" })),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["metadata"], json!({ "team": "ml" }));
+    let found = call(
+        &s,
+        "GET",
+        "/v1/sandboxes?state=Running&metadata=team%3Dml",
+        &key(KEY_A),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(found["pagination"]["totalItems"], 1);
+    let none = call(
+        &s,
+        "GET",
+        "/v1/sandboxes?metadata=team%3Dother",
+        &key(KEY_A),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(none["pagination"]["totalItems"], 0);
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    let stamp = soon
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("fmt");
+    let r = call(
+        &s,
+        "POST",
+        &format!("/v1/sandboxes/{id}/renew-expiration"),
+        &key(KEY_A),
+        Some(json!({ "expiresAt": stamp })),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let r = call(&s, "GET", &format!("/v1/sandboxes/{id}"), &key(KEY_A), None)
+        .await
+        .json();
+    assert_eq!(r["status"]["state"], "Terminated");
+    assert_eq!(r["status"]["reason"], "ttl_expiry");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_clear_4xx_with_the_error_shape() {
+    require_root!();
+    let s = spawn_server(5).await;
+    for body in [
+        json!({ "image": { "uri": "x" }, "timeout": 10 }),
+        json!({ "image": { "uri": "x" }, "bogus": true }),
+        json!({ "image": { "uri": "x" }, "timeout": "soon" }),
+        json!({ "image": { "uri": "x" }, "resourceLimits": { "memory": "lots" } }),
+        json!({ "image": { "uri": "x" }, "extensions": { "runbox.unknown": "1" } }),
+        json!({ "image": { "uri": "x" }, "networkPolicy": { "defaultAction": "allow" } }),
+        json!({ "snapshotId": "snap" }),
+    ] {
+        let r = call(&s, "POST", "/v1/sandboxes", &key(KEY_A), Some(body.clone())).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+        assert!(r.json()["message"].is_string());
+    }
+    let huge = "x".repeat(2 << 20);
+    let r = call(
+        &s,
+        "POST",
+        "/v1/sandboxes",
+        &key(KEY_A),
+        Some(json!({ "pad": huge })),
+    )
+    .await;
+    assert!(r.status == 413 || r.status == 400, "{}", r.status);
+    assert!(r.json()["code"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_pool_serves_matching_creates_with_modules_preloaded() {
+    require_root!();
+    let mut b = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: std::env::temp_dir()
+            .join(format!("runbox-server-pool-{}", u64::from_ne_bytes(b))),
+        tenants: vec![TenantConfig {
+            name: "a".into(),
+            keys: vec![KEY_A.into()],
+        }],
+        pools: vec![runbox_server::config::PoolConfig {
+            image: "default".into(),
+            memory: "512Mi".into(),
+            cpu: "1".into(),
+            pids: 256,
+            size: 1,
+            preload: vec!["json".into()],
+        }],
+        ..Config::default()
+    };
+    let state = runbox_server::AppState::new(config, agent_binary()).expect("state");
+    let manager = state.manager.clone();
+    tokio::spawn(manager.clone().fill_pools());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let s = Server {
+        addr: listener.local_addr().expect("addr"),
+    };
+    tokio::spawn(async move {
+        let _ = axum::serve(runbox_server::no_delay(listener), runbox_server::app(state)).await;
+    });
+    for _ in 0..100 {
+        if manager.pooled() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(manager.pooled(), 1, "the pool did not fill");
+    let body = json!({ "image": { "uri": "default" }, "entrypoint": ["tail", "-f", "/dev/null"], "resourceLimits": { "cpu": "1", "memory": "512Mi" } });
+    let r = call(&s, "POST", "/v1/sandboxes", &key(KEY_A), Some(body)).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let id = r.json()["id"].as_str().expect("id").to_owned();
+    let audit = call(
+        &s,
+        "GET",
+        &format!("/v1/audit?sandbox={id}&kind=sandbox.create"),
+        &key(KEY_A),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(audit["items"][0]["detail"]["from_pool"], true, "{audit}");
+    let metrics = call(&s, "GET", "/metrics", &[], None).await.text;
+    assert!(
+        metrics.contains("runbox_sandboxes_created_from_pool_total 1"),
+        "{metrics}"
+    );
+    // The pool refills.
+    for _ in 0..100 {
+        if manager.pooled() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(manager.pooled(), 1, "the pool did not refill");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_freezes_and_resume_thaws() {
+    require_root!();
+    let s = spawn_server(5).await;
+    let id = create(&s, KEY_A).await;
+    assert_eq!(
+        call(
+            &s,
+            "POST",
+            &format!("/v1/sandboxes/{id}/pause"),
+            &key(KEY_A),
+            None
+        )
+        .await
+        .status,
+        202
+    );
+    assert_eq!(
+        call(&s, "GET", &format!("/v1/sandboxes/{id}"), &key(KEY_A), None)
+            .await
+            .json()["status"]["state"],
+        "Paused"
+    );
+    assert_eq!(
+        call(
+            &s,
+            "POST",
+            &format!("/v1/sandboxes/{id}/resume"),
+            &key(KEY_A),
+            None
+        )
+        .await
+        .status,
+        202
+    );
+    assert_eq!(
+        call(&s, "GET", &format!("/v1/sandboxes/{id}"), &key(KEY_A), None)
+            .await
+            .json()["status"]["state"],
+        "Running"
+    );
+    let ep = call(
+        &s,
+        "GET",
+        &format!("/v1/sandboxes/{id}/endpoints/44772"),
+        &key(KEY_A),
+        None,
+    )
+    .await
+    .json();
+    let token = ep["headers"]["X-EXECD-ACCESS-TOKEN"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let r = call(
+        &s,
+        "GET",
+        &format!("/sandboxes/{id}/port/44772/ping"),
+        &[("X-EXECD-ACCESS-TOKEN", token.as_str())],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // Deleting a paused sandbox works too.
+    call(
+        &s,
+        "POST",
+        &format!("/v1/sandboxes/{id}/pause"),
+        &key(KEY_A),
+        None,
+    )
+    .await;
+    assert_eq!(
+        call(
+            &s,
+            "DELETE",
+            &format!("/v1/sandboxes/{id}"),
+            &key(KEY_A),
+            None
+        )
+        .await
+        .status,
+        204
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_sandboxes_are_ended() {
+    require_root!();
+    let s = spawn_server(5).await;
+    let body = json!({ "image": { "uri": "default" }, "entrypoint": ["tail", "-f", "/dev/null"], "resourceLimits": { "cpu": "1", "memory": "256Mi" }, "extensions": { "runbox.idle_timeout": "2" } });
+    let r = call(&s, "POST", "/v1/sandboxes", &key(KEY_A), Some(body)).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let id = r.json()["id"].as_str().expect("id").to_owned();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let v = call(&s, "GET", &format!("/v1/sandboxes/{id}"), &key(KEY_A), None)
+        .await
+        .json();
+    assert_eq!(v["status"]["state"], "Terminated");
+    assert_eq!(v["status"]["reason"], "idle_timeout");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn other_ports_reach_services_inside_the_sandbox() {
+    require_root!();
+    let s = spawn_server(5).await;
+    let id = create(&s, KEY_A).await;
+    let ep = call(
+        &s,
+        "GET",
+        &format!("/v1/sandboxes/{id}/endpoints/8000"),
+        &key(KEY_A),
+        None,
+    )
+    .await
+    .json();
+    let token = ep["headers"]["X-EXECD-ACCESS-TOKEN"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let tok = [("X-EXECD-ACCESS-TOKEN", token.as_str())];
+    let start = json!({ "command": "echo served > /workspace/hello.txt && cd /workspace && python3 -m http.server 8000 --bind 127.0.0.1", "background": true });
+    call(
+        &s,
+        "POST",
+        &format!("/sandboxes/{id}/port/44772/command"),
+        &tok,
+        Some(start),
+    )
+    .await;
+    let mut got = (0, String::new());
+    for _ in 0..50 {
+        let r = call(
+            &s,
+            "GET",
+            &format!("/sandboxes/{id}/port/8000/hello.txt"),
+            &tok,
+            None,
+        )
+        .await;
+        got = (r.status, r.text);
+        if got.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(got, (200, "served\n".to_owned()));
+    // Still the sandbox's own loopback: nothing listens on the host's port 8000 for this.
+    let none = call(
+        &s,
+        "GET",
+        &format!("/sandboxes/{id}/port/8001/x"),
+        &tok,
+        None,
+    )
+    .await;
+    assert_eq!(none.status, 503);
+    assert_eq!(
+        call(
+            &s,
+            "GET",
+            &format!("/sandboxes/{id}/port/8000/hello.txt"),
+            &[],
+            None
+        )
+        .await
+        .status,
+        404
+    );
+}

@@ -1,0 +1,76 @@
+//! The `runbox` command: one file per subcommand.
+#![forbid(unsafe_code)]
+
+mod doctor;
+mod exec;
+mod exit;
+mod run;
+mod sandbox_args;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "runbox",
+    version,
+    about = "Secure, fast code execution for AI agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one command inside a fresh sandbox and wait for it.
+    Run(Box<run::RunArgs>),
+    /// Run code cells in one stateful context (python, bash, javascript) in a fresh sandbox.
+    Exec(Box<exec::ExecArgs>),
+    /// An interactive session with one stateful context in a fresh sandbox.
+    Repl(Box<exec::ReplArgs>),
+    /// Serve the OpenSandbox-compatible HTTP API.
+    Serve(serve::ServeArgs),
+    /// Show which kernel features this host offers and what `run` will use.
+    Doctor(doctor::DoctorArgs),
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue => {
+                    exit::DATA
+                }
+                _ => exit::USAGE,
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let code = match cli.command {
+        Command::Run(args) => run::main(*args),
+        Command::Doctor(args) => doctor::main(args),
+        Command::Exec(args) => report(exec::main(*args)),
+        Command::Serve(args) => report(serve::main(args)),
+        Command::Repl(args) => report(exec::repl(*args)),
+    };
+    std::process::exit(code);
+}
+
+/// Prints an error chain for subcommands that return anyhow errors; jail errors keep their
+/// distinct exit codes.
+fn report(result: anyhow::Result<i32>) -> i32 {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e
+                .downcast_ref::<runbox_jail::JailError>()
+                .map_or(exit::SOFTWARE, |j| exit::for_kind(j.kind()));
+            eprintln!("runbox: {e:#}");
+            code
+        }
+    }
+}

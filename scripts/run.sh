@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The main job: install what runbox needs, build it, and run a command in a sandbox.
+# Without arguments it runs `runbox run -- python3 -c 'print(1)'`; with arguments, `runbox "$@"`
+# (for example: scripts/run.sh doctor, scripts/run.sh run --memory 64M -- python3 script.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+cargo build --release --locked -p runbox -p runbox-agent
+
+if (($#)); then
+  exec ./target/release/runbox "$@"
+fi
+exec ./target/release/runbox run -- python3 -c 'print(1)'
