@@ -63,6 +63,60 @@ impl Control {
             .map_err(|_| std::io::Error::other("the connecting thread panicked"))?
     }
 
+    /// A one-line account of the sandbox's processes for logs when it misbehaves (an agent
+    /// that never answers): each process's pid, name, state and kernel wait channel.
+    pub fn describe(&self) -> String {
+        let fdinfo = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&self.inner.pidfd)
+        ))
+        .unwrap_or_default();
+        let Some(init) = fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .filter(|&p| p > 0)
+        else {
+            return "init has exited".into();
+        };
+        let mut out = Vec::new();
+        let mut queue = vec![init];
+        while let Some(pid) = queue.pop() {
+            if out.len() >= 16 {
+                break;
+            }
+            let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}"));
+            let stat = read("stat").unwrap_or_default();
+            // comm is in parentheses and may contain spaces; the state follows the last ')'.
+            let (comm, state) = match (stat.find('('), stat.rfind(')')) {
+                (Some(a), Some(b)) if a < b => (
+                    &stat[a + 1..b],
+                    stat[b + 1..].split_whitespace().next().unwrap_or("?"),
+                ),
+                _ => ("?", "?"),
+            };
+            let wchan = read("wchan").unwrap_or_default();
+            out.push(format!(
+                "{pid} {comm} {state} wchan={}",
+                if wchan.is_empty() { "-" } else { &wchan }
+            ));
+            for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let children =
+                    std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+                queue.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<i32>().ok()),
+                );
+            }
+        }
+        out.join("; ")
+    }
+
     /// Whether this sandbox can be paused (it has a cgroup with a freezer).
     pub fn can_pause(&self) -> bool {
         self.inner.freezer.is_some()

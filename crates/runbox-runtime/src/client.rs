@@ -172,8 +172,11 @@ impl AgentClient {
     pub async fn wait_ready(&self, within: Duration) -> Result<(), ClientError> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            match self.request("GET", "/ping", None).await {
-                Ok(r) if r.status == 200 => return Ok(()),
+            // The socket is bound on the host, so a connect succeeds before the agent accepts;
+            // each ping is bounded by what is left of `within`, or a stuck agent hangs us.
+            let ping = tokio::time::timeout_at(deadline, self.request("GET", "/ping", None));
+            match ping.await {
+                Ok(Ok(r)) if r.status == 200 => return Ok(()),
                 _ if tokio::time::Instant::now() >= deadline => {
                     return Err(ClientError::NotReady {
                         path: self.socket.clone(),

@@ -97,6 +97,11 @@ async fn metrics(
             c.create_failures.load(Relaxed),
         ),
         (
+            "runbox_sandbox_create_retries_total",
+            "Sandbox starts retried because the agent never answered.",
+            c.create_retries.load(Relaxed),
+        ),
+        (
             "runbox_sandboxes_expired_total",
             "Sandboxes ended by their timeout.",
             c.expired.load(Relaxed),

@@ -69,12 +69,16 @@ pub struct Manager {
     spawner: crate::spawner::Spawner,
 }
 
+/// How a start whose agent never answered is reported (and recognised for the retry).
+const AGENT_DID_NOT_START: &str = "the sandbox's agent did not start";
+
 /// Monotonic counters for /metrics.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub created: std::sync::atomic::AtomicU64,
     pub created_from_pool: std::sync::atomic::AtomicU64,
     pub create_failures: std::sync::atomic::AtomicU64,
+    pub create_retries: std::sync::atomic::AtomicU64,
     pub expired: std::sync::atomic::AtomicU64,
 }
 
@@ -414,8 +418,23 @@ impl Manager {
         Ok((row, from_pool))
     }
 
-    /// Starts a sandbox for `spec` and waits for its agent; it belongs to no tenant yet.
+    /// Starts a sandbox for `spec` and waits for its agent; it belongs to no tenant yet. A
+    /// sandbox whose agent never answers is killed and started once more (logged and counted
+    /// in `create_retries`): one stuck start on a loaded host should not fail the request.
     async fn launch(self: &Arc<Self>, spec: &Spec) -> Result<Ready, ApiError> {
+        match self.launch_once(spec).await {
+            Err(ApiError::Unavailable(msg)) if msg.starts_with(AGENT_DID_NOT_START) => {
+                self.counters
+                    .create_retries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                eprintln!("runbox: {msg}; starting the sandbox once more");
+                self.launch_once(spec).await
+            }
+            other => other,
+        }
+    }
+
+    async fn launch_once(self: &Arc<Self>, spec: &Spec) -> Result<Ready, ApiError> {
         let id = runbox_runtime::random_hex(16);
         let workspace = self.config.data_dir.join("workspaces").join(&id);
         std::fs::create_dir_all(&workspace)
@@ -473,9 +492,11 @@ impl Manager {
             });
         }
         if let Err(e) = client.wait_ready(Duration::from_secs(15)).await {
-            return Err(ApiError::Unavailable(format!(
-                "the sandbox's agent did not start: {e}"
-            )));
+            eprintln!(
+                "runbox: sandbox {id}: the agent did not answer: {e}; processes: {}",
+                started.killer.describe()
+            );
+            return Err(ApiError::Unavailable(format!("{AGENT_DID_NOT_START}: {e}")));
         }
         Ok(Ready {
             id,

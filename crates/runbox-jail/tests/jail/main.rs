@@ -200,3 +200,27 @@ fn pause_stops_output_resume_restarts_it_and_a_paused_sandbox_can_be_killed() {
     assert!(outcome.enforcement.cgroup.freezer);
     assert!(control.pause().is_err(), "a killed sandbox was paused");
 }
+
+#[test]
+fn describe_names_the_sandbox_processes_and_their_state() {
+    if !root_or_skip("describe_names_the_sandbox_processes_and_their_state") {
+        return;
+    }
+    let policy = Policy::new(vec!["sh".into(), "-c".into(), "sleep 30 & wait".into()]);
+    let sandbox = Sandbox::spawn(&policy, Stdin::Null).expect("spawns");
+    let control = sandbox.control();
+    let waiter = thread::spawn(move || sandbox.wait(&mut runbox_jail::Discard));
+    let mut seen = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            seen = control.describe();
+            seen.contains("(sleep) S") || seen.contains(" sleep S")
+        }),
+        "describe did not show the sleeping child: {seen}"
+    );
+    assert!(seen.contains(" sh S"), "{seen}");
+    assert!(seen.contains("wchan="), "{seen}");
+    control.kill();
+    waiter.join().expect("wait thread").expect("outcome");
+    assert_eq!(control.describe(), "init has exited");
+}
