@@ -6,7 +6,12 @@
 //! runbox-agent --listen-fd 3 --token-fd 4 [--memory BYTES] [--cpus N] [--output-cap BYTES]
 //!              [--workspace DIR] [--env K=V]... [--python-allow m,m] [--python-deny m,m]
 //! runbox-agent --listen unix:/path.sock --token-file FILE ...      (tests, outside a sandbox)
+//! runbox-agent --listen unix:/run/runbox-agent/agent.sock --token-stdin ...  (docker, gvisor)
 //! ```
+//!
+//! In a container the listening socket cannot be inherited: the agent binds it in a directory
+//! the host mounted for this sandbox alone, and reads the token from its stdin (which the host
+//! writes and closes), then points stdin at /dev/null.
 #![deny(unsafe_code)]
 
 use std::io::Read;
@@ -21,6 +26,7 @@ struct Args {
     listen_path: Option<String>,
     token_fd: Option<i32>,
     token_file: Option<String>,
+    token_stdin: bool,
     config: Config,
 }
 
@@ -47,6 +53,7 @@ fn parse_args() -> Result<Args, String> {
                 a.token_fd = Some(value()?.parse().map_err(|_| "--token-fd takes a number")?)
             }
             "--token-file" => a.token_file = Some(value()?),
+            "--token-stdin" => a.token_stdin = true,
             "--memory" => {
                 a.config.memory_limit_bytes =
                     Some(value()?.parse().map_err(|_| "--memory takes bytes")?)
@@ -90,6 +97,13 @@ fn inherited(fd: i32) -> Result<OwnedFd, String> {
 fn read_token(args: &Args) -> Result<String, String> {
     let mut token = String::new();
     match (args.token_fd, &args.token_file) {
+        _ if args.token_stdin => {
+            std::io::stdin()
+                .read_to_string(&mut token)
+                .map_err(|e| format!("reading the token from stdin: {e}"))?;
+            let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+            rustix::stdio::dup2_stdin(&null).map_err(|e| format!("replacing stdin: {e}"))?;
+        }
         (Some(fd), _) => {
             std::fs::File::from(inherited(fd)?)
                 .read_to_string(&mut token)
@@ -98,7 +112,9 @@ fn read_token(args: &Args) -> Result<String, String> {
         (None, Some(path)) => {
             token = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?
         }
-        (None, None) => return Err("no token: pass --token-fd or --token-file".into()),
+        (None, None) => {
+            return Err("no token: pass --token-fd, --token-stdin or --token-file".into())
+        }
     }
     let token = token.trim().to_owned();
     if token.len() < 16 {

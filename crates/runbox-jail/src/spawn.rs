@@ -340,6 +340,11 @@ impl Sandbox {
         &self.id
     }
 
+    /// What is enforced on this sandbox (the same report its `Outcome` carries at the end).
+    pub fn enforcement(&self) -> &Enforcement {
+        &self.enforcement
+    }
+
     /// A handle that can kill, pause and resume the sandbox from another thread while `wait`
     /// runs.
     pub fn control(&self) -> Control {

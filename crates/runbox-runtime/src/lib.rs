@@ -1,11 +1,18 @@
-//! runbox-runtime: sandboxes whose PID 1 is `runbox-agent`, and the host side of the agent
-//! channel. `native` starts them with runbox-jail; `client` speaks the execd API to the agent
-//! over its unix socket. The `Runtime` trait with Docker and gVisor backends arrives with
-//! issue 5; the server (issue 4) builds on this.
+//! runbox-runtime: sandboxes whose first process is `runbox-agent`, behind one `Runtime`
+//! trait with three backends: `native` (runbox-jail), `docker` (a hardened container through
+//! the Docker Engine API) and `gvisor` (runsc). `client` speaks the execd API to the agent
+//! over its unix socket; the server (runbox-server) drives sandboxes only through these.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod native;
+pub mod runtime;
+pub mod spawner;
 
 pub use client::{AgentClient, Body, ClientError, Response};
-pub use native::{agent_argv, installed_agent, random_hex, AgentSandbox, StartError};
+pub use native::{
+    agent_argv, error_chain, installed_agent, random_hex, AgentSandbox, NativeRuntime, StartError,
+};
+pub use runtime::{
+    AsyncStream, Backend, Ended, ImageSource, Instance, Runtime, RuntimeError, StartSpec, Stream,
+};

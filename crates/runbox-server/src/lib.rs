@@ -12,7 +12,7 @@ pub mod error;
 pub mod manager;
 pub mod openapi;
 pub mod proxy;
-pub mod spawner;
+
 pub mod store;
 
 use std::path::PathBuf;

@@ -66,7 +66,7 @@ pub struct Manager {
     pools: Vec<Pool>,
     pool_changed: tokio::sync::Notify,
     pub counters: Counters,
-    spawner: crate::spawner::Spawner,
+    spawner: runbox_runtime::spawner::Spawner,
 }
 
 /// How a start whose agent never answered is reported (and recognised for the retry).
@@ -184,7 +184,7 @@ impl Manager {
             pools,
             pool_changed: tokio::sync::Notify::new(),
             counters: Counters::default(),
-            spawner: crate::spawner::Spawner::new(2)
+            spawner: runbox_runtime::spawner::Spawner::new(2)
                 .map_err(|e| ApiError::Internal(format!("cannot start spawner threads: {e}")))?,
         })
     }
