@@ -11,6 +11,8 @@ APT_PACKAGES=(
   python3-numpy python3-pandas python3-matplotlib  # what the python kernel's rich results use
   nodejs      # the javascript kernel
   python3-venv python3-pip  # the Python SDK's test venv (target/sdk-venv, scripts/test.sh)
+  runsc       # gVisor: the gvisor backend
+  debootstrap # `runbox image build`: the default sandbox image from Debian packages
 )
 
 log() { printf 'setup: %s\n' "$*"; }

@@ -1,0 +1,1 @@
+//! runbox-image (being written).
