@@ -23,13 +23,56 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 section "cargo build --workspace --locked"
 cargo build --workspace --locked
 
-# Last, so that the summary below is the closing line of the log.
-section "cargo test --workspace --locked --no-fail-fast"
+# The default sandbox image (debootstrap bookworm + python3, numpy, pandas, matplotlib, nodejs),
+# as a rootfs for native and gvisor and as runbox/default:latest in the local Docker engine.
+# Rebuilt only when missing or older than its recipe (crates/runbox-image).
+section "runbox image build default"
+image_dir=/var/lib/runbox/images/default
+if [[ $(id -u) -eq 0 ]]; then
+  if [[ ! -f $image_dir/image.json ]] || [[ -n $(find crates/runbox-image/src -newer "$image_dir/image.json" -print -quit) ]] \
+    || ! docker image inspect runbox/default:latest >/dev/null 2>&1; then
+    target/debug/runbox image build default
+  else
+    printf 'test: image default is up to date (%s)\n' "$image_dir"
+  fi
+fi
+
 log=$(mktemp)
 pylog=$(mktemp)
 trap 'rm -f "$log" "$pylog"' EXIT
 status=0
+# Backend tests fail instead of skipping when their backend is missing: CI has all three.
+if [[ $(id -u) -eq 0 ]]; then
+  export RUNBOX_REQUIRE_DOCKER=1 RUNBOX_REQUIRE_GVISOR=1
+fi
+# Nothing may outlive a suite: containers, runsc sandboxes, mounts, cgroups, processes.
+checks_passed=0
+checks_failed=0
+leftovers() {
+  section "leftover check after $1"
+  if [[ $(id -u) -ne 0 ]]; then
+    return
+  fi
+  if scripts/leftovers.sh; then
+    checks_passed=$((checks_passed + 1))
+  else
+    checks_failed=$((checks_failed + 1))
+    status=1
+  fi
+}
+
+section "cargo test --workspace --locked --no-fail-fast"
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
+leftovers "the workspace tests"
+
+# The conformance suite: the server's API contract tests again on the docker and gvisor
+# backends (native ran above), and the official OpenSandbox SDK suite on each backend below.
+for runtime in docker gvisor; do
+  section "conformance on $runtime: cargo test -p runbox-server --test api"
+  RUNBOX_TEST_RUNTIME=$runtime cargo test -p runbox-server --test api --locked --no-fail-fast 2>&1 \
+    | tee -a "$log" || status=$?
+  leftovers "the $runtime conformance tests"
+done
 
 # Python suites, each in its own venv under target/ (reinstalled only when its requirements
 # change): the runbox SDK's tests, and the official OpenSandbox SDKs driving a spawned server.
@@ -61,6 +104,11 @@ pytest_suite() {
 }
 pytest_suite "python SDK" target/sdk-venv sdk/python/pyproject.toml sdk/python/tests -e sdk/python pytest
 pytest_suite "official OpenSandbox SDKs" target/opensandbox-venv tests/opensandbox/requirements.txt tests/opensandbox -r tests/opensandbox/requirements.txt
+leftovers "the SDK suites on native"
+for runtime in docker gvisor; do
+  RUNBOX_RUNTIME=$runtime pytest_suite "official OpenSandbox SDKs on $runtime" target/opensandbox-venv tests/opensandbox/requirements.txt tests/opensandbox -r tests/opensandbox/requirements.txt
+  leftovers "the OpenSandbox SDK suite on $runtime"
+done
 
 # Last, so that the summary below is the closing line of the log.
 # One closing line for the whole workspace and the SDK (cargo prints one per test binary, and
@@ -70,8 +118,8 @@ failed=$(grep -oE '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
 skipped=$(grep -c 'SKIPPED' "$log" || true)
 py_summary=$(grep -E '[0-9]+ (passed|failed|skipped|errors?)[ ,].*in [0-9.]+s' "$pylog" || true)
 py_count() { grep -oE "[0-9]+ $1\b" <<<"$py_summary" | awk '{s+=$1} END {print s+0}' || true; }
-passed=$((passed + $(py_count passed)))
-failed=$((failed + $(py_count failed) + $(py_count 'errors?')))
+passed=$((passed + $(py_count passed) + checks_passed))
+failed=$((failed + $(py_count failed) + $(py_count 'errors?') + checks_failed))
 skipped=$((skipped + $(py_count skipped)))
 if ((py_status != 0)) && [[ -z $py_summary ]]; then
   failed=$((failed + 1)) # the SDK tests did not run at all

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod procs;
 pub mod sessions;
 pub mod stream;
+pub mod tunnel;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -124,6 +125,7 @@ pub fn app(state: AppState) -> Router {
         .merge(code::router())
         .merge(files::router())
         .merge(metrics::router())
+        .merge(tunnel::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/ping", get(|| async { "pong" }))

@@ -77,14 +77,32 @@ impl Procs {
 
     /// Spawns `cmd` in its own process group and watches it (needs a tokio runtime).
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<Spawned> {
+        self.spawn_first(cmd, None)
+    }
+
+    /// `spawn`, but when `cmd` cannot be started at all, starts `fallback` instead. An error
+    /// from `Command::spawn` means the exec failed (or never happened): nothing of `cmd` ran,
+    /// so `fallback` can take over without anything happening twice.
+    pub fn spawn_or(&self, cmd: &mut Command, fallback: &mut Command) -> io::Result<Spawned> {
+        self.spawn_first(cmd, Some(fallback))
+    }
+
+    fn spawn_first(
+        &self,
+        cmd: &mut Command,
+        fallback: Option<&mut Command>,
+    ) -> io::Result<Spawned> {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
         let mut set = registered().lock().unwrap_or_else(|p| p.into_inner());
-        let mut child = cmd.spawn()?;
+        let mut child = match (cmd.spawn(), fallback) {
+            (Ok(child), _) => child,
+            (Err(_), Some(fallback)) => fallback.process_group(0).spawn()?,
+            (Err(e), None) => return Err(e),
+        };
         let pid = child.id() as i32;
         set.insert(pid);
         drop(set);
-        let pidfd = open_pidfd(pid)?;
         let (tx, rx) = oneshot::channel();
         let done = move |exit: Exit| {
             registered()
@@ -98,14 +116,24 @@ impl Procs {
         // that waits for it (a blocking waitid per child costs each command a wake-up of a
         // pool thread). Where the reactor cannot watch it, a blocking waitid per live child
         // does (the sandbox's pids limit bounds them). Either way exactly this pidfd reaps.
-        match watch(pidfd) {
-            Ok(watched) => {
+        let pidfd = match open_pidfd(pid) {
+            Ok(fd) => Some(fd),
+            // gVisor's runsc (releases before 2023) has no pidfd_open. Waiting for exactly
+            // this pid is as safe: the orphan sweeper skips registered pids.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => None,
+            Err(e) => return Err(e),
+        };
+        match pidfd.map(watch) {
+            Some(Ok(watched)) => {
                 tokio::spawn(async move { done(watch_exit(watched, pid).await) });
             }
-            Err(_) => {
+            Some(Err(_)) => {
                 // Still our unreaped child, so the pid cannot have been reused.
                 let pidfd = open_pidfd(pid)?;
                 tokio::task::spawn_blocking(move || done(wait_exit(&pidfd)));
+            }
+            None => {
+                tokio::task::spawn_blocking(move || done(wait_pid(pid)));
             }
         }
         Ok(Spawned {
@@ -123,6 +151,20 @@ fn wait_exit(pidfd: &OwnedFd) -> Exit {
     loop {
         if let Some(exit) = reap(pidfd, WaitIdOptions::EXITED) {
             return exit;
+        }
+    }
+}
+
+/// `wait_exit` by pid, for kernels without pidfds.
+fn wait_pid(pid: i32) -> Exit {
+    let Some(p) = Pid::from_raw(pid) else {
+        return Exit::Signal(libc::SIGKILL);
+    };
+    loop {
+        match rustix::process::waitid(WaitId::Pid(p), WaitIdOptions::EXITED) {
+            Err(rustix::io::Errno::INTR) | Ok(None) => continue,
+            Ok(Some(st)) => return exit_of(&st),
+            Err(_) => return Exit::Signal(libc::SIGKILL),
         }
     }
 }
@@ -168,13 +210,17 @@ async fn watch_exit(pidfd: WatchedPidfd, pid: i32) -> Exit {
 /// exited yet (with `NOHANG`) or the wait was interrupted.
 fn reap(pidfd: &impl AsFd, options: WaitIdOptions) -> Option<Exit> {
     match rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), options) {
-        Ok(Some(st)) => Some(match (st.exit_status(), st.terminating_signal()) {
-            (Some(code), _) => Exit::Code(code),
-            (None, Some(sig)) => Exit::Signal(sig),
-            (None, None) => Exit::Signal(libc::SIGKILL),
-        }),
+        Ok(Some(st)) => Some(exit_of(&st)),
         Err(rustix::io::Errno::INTR) | Ok(None) => None,
         Err(_) => Some(Exit::Signal(libc::SIGKILL)),
+    }
+}
+
+fn exit_of(st: &rustix::process::WaitIdStatus) -> Exit {
+    match (st.exit_status(), st.terminating_signal()) {
+        (Some(code), _) => Exit::Code(code),
+        (None, Some(sig)) => Exit::Signal(sig),
+        (None, None) => Exit::Signal(libc::SIGKILL),
     }
 }
 
@@ -217,7 +263,7 @@ pub fn signal_group(pgid: i32, sig: Signal) {
 }
 
 /// A command with piped stdio and the given environment, ready for `Procs::spawn`.
-pub fn piped(program: &str) -> Command {
+pub fn piped(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new(program);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -168,6 +168,62 @@ impl AgentClient {
         Ok(resp)
     }
 
+    /// A byte stream to `127.0.0.1:port` inside the sandbox through the agent (`GET
+    /// /tunnel/{port}`, upgraded): for backends whose network namespace the host cannot
+    /// enter. The tunnel gets a connection of its own, since after the upgrade it carries
+    /// nothing but the tunnel's bytes. A refusal (no token, nothing listening) is a
+    /// `Connect` error whose source carries the agent's status and message.
+    pub async fn tunnel(&self, port: u16) -> Result<crate::runtime::Stream, ClientError> {
+        use hyper::header::{CONNECTION, UPGRADE};
+        let refused = |kind: std::io::ErrorKind, why: String| ClientError::Connect {
+            path: self.socket.clone(),
+            source: std::io::Error::new(kind, why),
+        };
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: self.socket.clone(),
+                source,
+            })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let empty = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let req = Request::builder()
+            .method("GET")
+            .uri(format!("/tunnel/{port}"))
+            .header("host", "runbox-agent")
+            .header(ACCESS_TOKEN_HEADER, &self.token)
+            .header(CONNECTION, "upgrade")
+            .header(UPGRADE, "runbox-tunnel")
+            .body(empty)?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        if status != hyper::StatusCode::SWITCHING_PROTOCOLS {
+            let kind = match status.as_u16() {
+                401 | 403 => std::io::ErrorKind::PermissionDenied,
+                502 => std::io::ErrorKind::ConnectionRefused,
+                _ => std::io::ErrorKind::Other,
+            };
+            let text = Response {
+                status: status.as_u16(),
+                body: resp.into_body(),
+            }
+            .text()
+            .await;
+            return Err(refused(
+                kind,
+                format!("the agent refused the tunnel to port {port}: {status} {text}"),
+            ));
+        }
+        let upgraded = hyper::upgrade::on(resp).await?;
+        Ok(Box::new(TokioIo::new(upgraded)))
+    }
+
     /// Waits until the agent answers /ping.
     pub async fn wait_ready(&self, within: Duration) -> Result<(), ClientError> {
         let deadline = tokio::time::Instant::now() + within;

@@ -5,11 +5,15 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod docker;
+pub mod gvisor;
 pub mod native;
 pub mod runtime;
 pub mod spawner;
 
 pub use client::{AgentClient, Body, ClientError, Response};
+pub use docker::DockerRuntime;
+pub use gvisor::GvisorRuntime;
 pub use native::{
     agent_argv, error_chain, installed_agent, random_hex, AgentSandbox, NativeRuntime, StartError,
 };

@@ -104,8 +104,8 @@ fn main() {
             tenants: vec![runbox_server::config::TenantConfig { name: "bench".into(), keys: vec![KEY.into()] }],
             quotas: Quotas { max_sandboxes: 1000, max_memory: "1000Gi".into() },
             pools: vec![
-                PoolConfig { image: "default".into(), memory: "512Mi".into(), cpu: "1".into(), pids: 256, size: 3, preload: vec![] },
-                PoolConfig { image: "default".into(), memory: "1Gi".into(), cpu: "1".into(), pids: 256, size: 3, preload: vec!["numpy".into(), "pandas".into()] },
+                PoolConfig { image: "default".into(), runtime: None, memory: "512Mi".into(), cpu: "1".into(), pids: 256, size: 3, preload: vec![] },
+                PoolConfig { image: "default".into(), runtime: None, memory: "1Gi".into(), cpu: "1".into(), pids: 256, size: 3, preload: vec!["numpy".into(), "pandas".into()] },
             ],
             ..Config::default()
         };

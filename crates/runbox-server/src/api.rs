@@ -234,6 +234,18 @@ pub async fn create(
         Ok((row, from_pool)) => {
             let mut detail = detail;
             detail["from_pool"] = json!(from_pool);
+            detail["runtime"] = json!(row.backend);
+            detail["isolation"] = row.isolation.clone();
+            if let Some(note) = row.isolation.get("fallback").and_then(Value::as_str) {
+                state.manager.auditor.lifecycle(
+                    &tenant.0,
+                    Some(&row.id),
+                    "sandbox.runtime_fallback",
+                    json!({ "requested": row.isolation.get("requested"), "used": row.backend, "reason": note }),
+                    "ok",
+                    None,
+                );
+            }
             state.manager.auditor.lifecycle(
                 &tenant.0,
                 Some(&row.id),
@@ -304,6 +316,42 @@ pub async fn get_one(
 }
 
 #[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}/isolation",
+    tag = "sandboxes",
+    operation_id = "getSandboxIsolation",
+    summary = "How a sandbox is isolated: backend, enforcement report, limits in force",
+    description = "`backend` is native, docker or gvisor; `requested` the backend the create asked for and `fallback` why another was used (null when none was); `enforcement` what the backend reports is in force (namespaces, seccomp, landlock, capabilities, read-only root, ...); `limits` the memory, CPU, pids and output limits. Answers for ended sandboxes too.",
+    params(
+        ("id" = String, Path, description = "Sandbox id"),
+    ),
+    responses(
+        (status = 200, description = "The isolation report", body = Object),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "No such sandbox (or another tenant's): `SANDBOX_NOT_FOUND`", body = ErrorBody),
+    ),
+    security(("OPEN-SANDBOX-API-KEY" = [])),
+)]
+pub async fn isolation(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let row = owned_row(&state, &tenant, &id)?;
+    let mut report = match state.manager.get_live(&id) {
+        Some(live) => live.isolation.clone(),
+        None => row.isolation.clone(),
+    };
+    if !report.is_object() {
+        report = json!({});
+    }
+    report["sandboxId"] = json!(row.id);
+    report["backend"] = json!(row.backend);
+    report["state"] = json!(row.state);
+    Ok(Json(report))
+}
+
+#[utoipa::path(
     delete,
     path = "/v1/sandboxes/{id}",
     tag = "sandboxes",
@@ -331,7 +379,7 @@ pub async fn delete_one(
             _ => Err(ApiError::SandboxNotFound(id)),
         };
     }
-    state.manager.terminate(&id, "user_delete");
+    state.manager.terminate(&id, "user_delete").await;
     state.manager.auditor.lifecycle(
         &tenant.0,
         Some(&id),
@@ -622,18 +670,18 @@ pub async fn pause(
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    freeze(&state, &tenant, &id, true)
+    freeze(&state, &tenant, &id, true).await
 }
 
 /// Pause (`true`) or resume a sandbox of the tenant, and audit it.
-fn freeze(
+async fn freeze(
     state: &AppState,
     tenant: &Tenant,
     id: &str,
     pause: bool,
 ) -> Result<StatusCode, ApiError> {
     let live = state.manager.owned(&tenant.0, id)?;
-    state.manager.set_paused(&live, pause)?;
+    state.manager.set_paused(&live, pause).await?;
     let kind = if pause {
         "sandbox.pause"
     } else {
@@ -669,7 +717,7 @@ pub async fn resume(
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    freeze(&state, &tenant, &id, false)
+    freeze(&state, &tenant, &id, false).await
 }
 
 #[utoipa::path(
@@ -704,7 +752,7 @@ pub async fn endpoint(
         endpoint: format!("{host}/sandboxes/{id}/port/{port}"),
         headers: BTreeMap::from([(
             runbox_proto::execd::ACCESS_TOKEN_HEADER.to_owned(),
-            live.token.clone(),
+            live.token().to_owned(),
         )]),
     }))
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use runbox_runtime::Backend;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -25,9 +26,19 @@ pub struct Config {
     pub max_timeout_seconds: u64,
     /// Per-tenant quotas.
     pub quotas: Quotas,
-    /// `image.uri` -> unpacked root filesystem directory. Unknown URIs use the host's /usr
-    /// (the default image).
+    /// `image.uri` -> unpacked root filesystem directory, for rootfs directories kept outside
+    /// `images_dir`. Looked up first.
     pub images: BTreeMap<String, PathBuf>,
+    /// Where `runbox image build/import` put images (`<dir>/<name>/rootfs`); an `image.uri`
+    /// naming one of them runs it (its rootfs on native and gvisor, `runbox/<name>:latest` on
+    /// docker). Default /var/lib/runbox/images (as root).
+    pub images_dir: Option<PathBuf>,
+    /// What an `image.uri` that names no image gets: `"default"` (the default image, as
+    /// OpenSandbox clients send names like `python:3.11`) or `"reject"` (400). Default
+    /// "default".
+    pub unknown_images: UnknownImages,
+    /// Isolation backends (`[runtime]`).
+    pub runtime: RuntimeConfig,
     /// Default limits of a sandbox when the request leaves them out.
     pub default_memory: String,
     pub default_cpu: String,
@@ -47,6 +58,9 @@ pub struct Config {
 pub struct PoolConfig {
     #[serde(default = "default_image")]
     pub image: String,
+    /// The pool's backend. Default: `runtime.default`.
+    #[serde(default)]
+    pub runtime: Option<Backend>,
     #[serde(default = "default_memory")]
     pub memory: String,
     #[serde(default = "default_cpu")]
@@ -71,6 +85,48 @@ fn default_cpu() -> String {
 }
 fn default_pids() -> u64 {
     256
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownImages {
+    #[default]
+    Default,
+    Reject,
+}
+
+/// Which backend isolates a sandbox, and what happens when it is unavailable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// The backend of sandboxes whose create request names none (`runbox.runtime`):
+    /// "native", "docker" or "gvisor". Default "native".
+    pub default: Backend,
+    /// When the requested backend is unavailable (no engine, no runsc): "strict" refuses the
+    /// create with 503 and says why; "fallback" uses the first available backend of
+    /// `fallback` instead and records that in the sandbox's isolation report and the audit
+    /// log. Default "strict": a weaker isolation than asked for is never silent.
+    pub on_unavailable: OnUnavailable,
+    /// Fallback order. Default ["gvisor", "docker", "native"] (strongest first).
+    pub fallback: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnavailable {
+    #[default]
+    Strict,
+    Fallback,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            default: Backend::Native,
+            on_unavailable: OnUnavailable::Strict,
+            fallback: vec![Backend::Gvisor, Backend::Docker, Backend::Native],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +164,9 @@ impl Default for Config {
             max_timeout_seconds: 86_400,
             quotas: Quotas::default(),
             images: BTreeMap::new(),
+            images_dir: None,
+            unknown_images: UnknownImages::Default,
+            runtime: RuntimeConfig::default(),
             default_memory: "512Mi".into(),
             default_cpu: "1".into(),
             default_pids: 256,
@@ -145,6 +204,8 @@ pub struct EnvOverrides {
     pub data_dir: Option<String>,
     /// `tenant:key,tenant2:key2`
     pub api_keys: Option<String>,
+    /// RUNBOX_RUNTIME: the default backend.
+    pub runtime: Option<String>,
 }
 
 impl Config {
@@ -170,6 +231,12 @@ impl Config {
         }
         if let Some(d) = &env.data_dir {
             config.data_dir = d.into();
+        }
+        if let Some(r) = &env.runtime {
+            config.runtime.default = r.parse().map_err(|message| ConfigError::Env {
+                var: "RUNBOX_RUNTIME",
+                message,
+            })?;
         }
         if let Some(keys) = &env.api_keys {
             for pair in keys.split(',').map(str::trim).filter(|p| !p.is_empty()) {

@@ -39,14 +39,59 @@ pub struct AppState {
 
 impl AppState {
     /// Opens the store, reconciles records left by a previous run, and builds the state.
+    /// Every backend starts `agent` (the runbox-agent binary) in its sandboxes.
     pub fn new(config: Config, agent: PathBuf) -> Result<Self, ApiError> {
+        let runtimes = runtimes(agent, &owner_of(&config.data_dir))
+            .map_err(|e| ApiError::Internal(format!("cannot set up the runtimes: {e}")))?;
+        Self::with_runtimes(config, runtimes)
+    }
+
+    pub fn with_runtimes(
+        config: Config,
+        runtimes: Vec<Arc<dyn runbox_runtime::Runtime>>,
+    ) -> Result<Self, ApiError> {
         let store =
             Arc::new(Store::open(&config.data_dir).map_err(|e| ApiError::Internal(e.to_string()))?);
         let keys = Arc::new(Keys::from_config(&config));
-        let manager = Arc::new(Manager::new(Arc::new(config), store, agent)?);
+        let manager = Arc::new(Manager::new(Arc::new(config), store, runtimes)?);
         manager.reconcile()?;
         Ok(Self { manager, keys })
     }
+
+    /// Checks the backends and removes what an earlier run left behind. Call once, before
+    /// serving (`serve` does).
+    pub async fn prepare(&self) {
+        for (backend, status) in self.manager.check_runtimes().await {
+            match status {
+                Ok(detail) => eprintln!("runbox: runtime {backend}: available ({detail})"),
+                Err(why) => eprintln!("runbox: runtime {backend}: unavailable: {why}"),
+            }
+        }
+        self.manager.sweep_runtimes().await;
+    }
+}
+
+/// Every backend this server knows, each starting `agent` in its sandboxes. Constructing
+/// them does no I/O; `Runtime::check` says whether each works here. `owner` tells this
+/// server's containers from another's on the same engine (see `owner_of`).
+pub fn runtimes(
+    agent: PathBuf,
+    owner: &str,
+) -> std::io::Result<Vec<Arc<dyn runbox_runtime::Runtime>>> {
+    Ok(vec![
+        Arc::new(runbox_runtime::NativeRuntime::new(agent.clone())?),
+        Arc::new(runbox_runtime::DockerRuntime::new(agent.clone()).owned_by(owner)),
+        Arc::new(runbox_runtime::GvisorRuntime::new(agent)),
+    ])
+}
+
+/// A short stable id of the server that owns `data_dir`: the first 16 hex digits of the
+/// SHA-256 of its absolute path.
+pub fn owner_of(data_dir: &std::path::Path) -> String {
+    use sha2::Digest;
+    let absolute = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+    let digest = sha2::Sha256::digest(absolute.as_os_str().as_encoded_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -131,6 +176,7 @@ pub fn app(state: AppState) -> Router {
         .route("/sandboxes", get(api::list).post(api::create))
         .route("/sandboxes/{id}", get(api::get_one).delete(api::delete_one))
         .route("/sandboxes/{id}/metadata", patch(api::patch_metadata))
+        .route("/sandboxes/{id}/isolation", get(api::isolation))
         .route("/sandboxes/{id}/pause", post(api::pause))
         .route("/sandboxes/{id}/resume", post(api::resume))
         .route("/sandboxes/{id}/renew-expiration", post(api::renew))
@@ -163,6 +209,7 @@ pub fn app(state: AppState) -> Router {
 pub async fn serve(state: AppState) -> std::io::Result<()> {
     let listen = state.manager.config.listen;
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    state.prepare().await;
     tokio::spawn(manager::reaper(state.manager.clone()));
     tokio::spawn(state.manager.clone().fill_pools());
     eprintln!(
@@ -170,7 +217,25 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
         listener.local_addr()?,
         state.manager.config.data_dir.display()
     );
-    axum::serve(no_delay(listener), app(state)).await
+    let manager = state.manager.clone();
+    // On SIGTERM or SIGINT: stop accepting, end every sandbox (containers and runsc
+    // sandboxes would outlive us), then let the open connections finish.
+    let shutdown = async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("runbox: stopping: ending every sandbox");
+        manager.shutdown().await;
+    };
+    axum::serve(no_delay(listener), app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Small streamed events must not wait for Nagle's algorithm (40 ms with delayed ACKs).

@@ -1,18 +1,18 @@
-//! The live sandboxes: creation (quota-checked, on a blocking thread because the jail clones),
-//! supervision, expiry, deletion, and reconciliation after a restart.
+//! The live sandboxes: creation (quota-checked, on the backend the request or the config
+//! picks, with fallback or refusal when it is unavailable), supervision, expiry, deletion,
+//! and reconciliation after a restart. Sandboxes are driven only through
+//! `runbox_runtime::Instance`, so every backend behaves the same here.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use runbox_jail::Policy;
-use runbox_runtime::{agent_argv, AgentClient, AgentSandbox};
+use runbox_runtime::{AgentClient, Backend, Ended, ImageSource, Instance, Runtime, StartSpec};
 use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::audit::Auditor;
-use crate::config::{parse_cpu, parse_memory, Config};
+use crate::config::{parse_cpu, parse_memory, Config, OnUnavailable, UnknownImages};
 use crate::error::ApiError;
 use crate::store::{SandboxRow, Store};
 
@@ -20,7 +20,10 @@ use crate::store::{SandboxRow, Store};
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub image: String,
-    pub rootfs: Option<PathBuf>,
+    /// Where `image` is on disk and in the engine.
+    pub source: ImageSource,
+    /// The backend asked for (`runbox.runtime`, else the server's default).
+    pub runtime: Backend,
     pub entrypoint: Vec<String>,
     pub timeout: Option<Duration>,
     pub memory_bytes: u64,
@@ -42,16 +45,22 @@ pub struct Live {
     pub tenant: String,
     pub memory_bytes: u64,
     pub client: AgentClient,
-    pub token: String,
     pub expires_at: Mutex<Option<OffsetDateTime>>,
     pub paused: Mutex<bool>,
-    /// Kill, pause, resume, and connect into the sandbox's network namespace.
-    pub control: runbox_jail::Control,
+    /// The running sandbox: kill, pause, resume, connect to its ports.
+    pub instance: Arc<dyn Instance>,
+    /// What `GET /v1/sandboxes/{id}/isolation` returns.
+    pub isolation: serde_json::Value,
     pub idle_timeout: Option<Duration>,
     /// Last request through the proxy (or creation).
     pub last_activity: Mutex<std::time::Instant>,
-    /// Owns the sandbox: dropping it kills everything and removes the socket.
-    handle: Mutex<Option<AgentSandbox>>,
+}
+
+impl Live {
+    /// The token the proxy requires (the agent's own).
+    pub fn token(&self) -> &str {
+        &self.client.token
+    }
 }
 
 #[derive(Debug)]
@@ -59,14 +68,19 @@ pub struct Manager {
     pub config: Arc<Config>,
     pub store: Arc<Store>,
     pub auditor: Auditor,
-    agent: PathBuf,
+    runtimes: BTreeMap<Backend, Arc<dyn Runtime>>,
+    /// Each backend's availability as last checked (`Runtime::check`), refreshed by
+    /// `check_runtimes` and when a start finds the backend gone.
+    available: Mutex<BTreeMap<Backend, Result<String, String>>>,
+    images: Option<runbox_image::ImageStore>,
     live: Mutex<HashMap<String, Arc<Live>>>,
     /// Quota reservations of creations in flight, per tenant: (count, memory).
     reserved: Mutex<HashMap<String, (usize, u64)>>,
     pools: Vec<Pool>,
     pool_changed: tokio::sync::Notify,
     pub counters: Counters,
-    spawner: runbox_runtime::spawner::Spawner,
+    /// Set by `shutdown`: no more creates, pools stop refilling.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// How a start whose agent never answered is reported (and recognised for the retry).
@@ -86,7 +100,8 @@ pub struct Counters {
 #[derive(Debug)]
 pub struct Ready {
     id: String,
-    handle: AgentSandbox,
+    instance: Arc<dyn Instance>,
+    isolation: serde_json::Value,
 }
 
 /// Warm sandboxes of one profile.
@@ -101,6 +116,7 @@ impl Pool {
     fn matches(&self, s: &Spec) -> bool {
         let p = &self.spec;
         p.image == s.image
+            && p.runtime == s.runtime
             && p.memory_bytes == s.memory_bytes
             && (p.cpus - s.cpus).abs() < 1e-9
             && p.pids == s.pids
@@ -143,8 +159,19 @@ fn shell_join(argv: &[String]) -> String {
 }
 
 impl Manager {
-    pub fn new(config: Arc<Config>, store: Arc<Store>, agent: PathBuf) -> Result<Self, ApiError> {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<Store>,
+        runtimes: Vec<Arc<dyn Runtime>>,
+    ) -> Result<Self, ApiError> {
         let auditor = Auditor::new(store.clone());
+        let images_dir = config
+            .images_dir
+            .clone()
+            .or_else(runbox_image::default_images_dir);
+        let images = images_dir.and_then(|d| runbox_image::ImageStore::open(&d).ok());
+        let runtimes: BTreeMap<Backend, Arc<dyn Runtime>> =
+            runtimes.into_iter().map(|r| (r.backend(), r)).collect();
         let mut pools = Vec::new();
         for p in &config.pools {
             let memory_bytes = parse_memory(&p.memory).ok_or_else(|| {
@@ -155,7 +182,8 @@ impl Manager {
             })?;
             let spec = Spec {
                 image: p.image.clone(),
-                rootfs: config.images.get(&p.image).cloned(),
+                source: resolve_image(&config, images.as_ref(), &p.image)?,
+                runtime: p.runtime.unwrap_or(config.runtime.default),
                 entrypoint: vec!["tail".into(), "-f".into(), "/dev/null".into()],
                 timeout: None,
                 memory_bytes,
@@ -178,15 +206,103 @@ impl Manager {
             config,
             store,
             auditor,
-            agent,
+            runtimes,
+            available: Mutex::new(BTreeMap::new()),
+            images,
             live: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashMap::new()),
             pools,
             pool_changed: tokio::sync::Notify::new(),
             counters: Counters::default(),
-            spawner: runbox_runtime::spawner::Spawner::new(2)
-                .map_err(|e| ApiError::Internal(format!("cannot start spawner threads: {e}")))?,
+            closing: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Checks every backend (`Runtime::check`) and remembers the answers; returns them.
+    pub async fn check_runtimes(&self) -> BTreeMap<Backend, Result<String, String>> {
+        let mut out = BTreeMap::new();
+        for (backend, rt) in &self.runtimes {
+            out.insert(*backend, rt.check().await);
+        }
+        for b in Backend::ALL {
+            out.entry(b)
+                .or_insert_with(|| Err("not built into this server".into()));
+        }
+        *self.available.lock().unwrap_or_else(|p| p.into_inner()) = out.clone();
+        out
+    }
+
+    /// Removes what earlier runs left on every backend (containers, runsc sandboxes, stale
+    /// sockets): none of it belongs to a live sandbox of this run.
+    pub async fn sweep_runtimes(&self) {
+        let keep: std::collections::HashSet<String> = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for (backend, rt) in &self.runtimes {
+            match rt.sweep(&keep).await {
+                Ok(removed) if !removed.is_empty() => eprintln!(
+                    "runbox: {backend}: removed {} left over from an earlier run: {}",
+                    removed.len(),
+                    removed.join(", ")
+                ),
+                Ok(_) => {}
+                Err(e) => eprintln!("runbox: {backend}: cannot sweep leftovers: {e}"),
+            }
+        }
+    }
+
+    /// The backend to start `spec` on: the requested one when available, else (in fallback
+    /// mode) the first available of `runtime.fallback`. The note says what was substituted.
+    fn pick_runtime(
+        &self,
+        requested: Backend,
+        unavailable: Option<&str>,
+    ) -> Result<(Arc<dyn Runtime>, Option<String>), ApiError> {
+        let available = self.available.lock().unwrap_or_else(|p| p.into_inner());
+        let why_not = |b: Backend| -> Option<String> {
+            if !self.runtimes.contains_key(&b) {
+                return Some("not built into this server".into());
+            }
+            match available.get(&b) {
+                Some(Err(e)) => Some(e.clone()),
+                _ => None,
+            }
+        };
+        let reason = match unavailable {
+            Some(r) => Some(r.to_owned()),
+            None => why_not(requested),
+        };
+        let Some(reason) = reason else {
+            return Ok((self.runtimes[&requested].clone(), None));
+        };
+        if self.config.runtime.on_unavailable == OnUnavailable::Strict {
+            return Err(ApiError::Unavailable(format!(
+                "the {requested} runtime is unavailable: {reason} (runtime.on_unavailable is strict)"
+            )));
+        }
+        let next = self
+            .config
+            .runtime
+            .fallback
+            .iter()
+            .copied()
+            .filter(|b| *b != requested)
+            .find(|b| why_not(*b).is_none())
+            .ok_or_else(|| {
+                ApiError::Unavailable(format!(
+                    "the {requested} runtime is unavailable ({reason}) and no fallback runtime is available"
+                ))
+            })?;
+        Ok((
+            self.runtimes[&next].clone(),
+            Some(format!(
+                "{requested} was requested but is unavailable ({reason}); fell back to {next}"
+            )),
+        ))
     }
 
     /// Ready sandboxes waiting in pools.
@@ -212,8 +328,9 @@ impl Manager {
             .ok_or_else(|| ApiError::SandboxNotFound(id.to_owned()))
     }
 
-    /// Marks sandboxes that were alive when the server stopped as terminated: their processes
-    /// died with the server (PDEATHSIG), their workspaces stay on disk.
+    /// Marks sandboxes that were alive when the server stopped as terminated: native ones died
+    /// with the server (PDEATHSIG); containers and runsc sandboxes are removed by
+    /// `sweep_runtimes`. Their workspaces stay on disk.
     pub fn reconcile(&self) -> Result<usize, ApiError> {
         let ids = self
             .store
@@ -273,7 +390,7 @@ impl Manager {
             .image
             .as_ref()
             .map_or_else(|| "default".to_owned(), |i| i.uri.clone());
-        let rootfs = self.config.images.get(&image).cloned();
+        let source = resolve_image(&self.config, self.images.as_ref(), &image)?;
         let entrypoint = req
             .entrypoint
             .clone()
@@ -343,11 +460,12 @@ impl Manager {
                 "runbox.network `{net}` is not supported yet (only `none`)"
             )));
         }
-        if let Some(rt) = ext.get("runbox.runtime").filter(|r| r.as_str() != "native") {
-            return Err(ApiError::BadRequest(format!(
-                "runbox.runtime `{rt}` is not available (only `native` so far)"
-            )));
-        }
+        let runtime = match ext.get("runbox.runtime") {
+            Some(r) => r
+                .parse::<Backend>()
+                .map_err(|e| ApiError::BadRequest(format!("runbox.runtime: {e}")))?,
+            None => self.config.runtime.default,
+        };
         let pids = num("runbox.pids")?.unwrap_or(self.config.default_pids);
         if pids < 16 {
             return Err(ApiError::BadRequest(
@@ -356,7 +474,8 @@ impl Manager {
         }
         Ok(Spec {
             image,
-            rootfs,
+            source,
+            runtime,
             entrypoint,
             timeout,
             memory_bytes,
@@ -389,6 +508,9 @@ impl Manager {
         tenant: &str,
         spec: Spec,
     ) -> Result<(SandboxRow, bool), ApiError> {
+        if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ApiError::Unavailable("the server is shutting down".into()));
+        }
         self.reserve(tenant, spec.memory_bytes)?;
         let pooled = self.take_pooled(&spec);
         let from_pool = pooled.is_some();
@@ -435,72 +557,123 @@ impl Manager {
     }
 
     async fn launch_once(self: &Arc<Self>, spec: &Spec) -> Result<Ready, ApiError> {
+        let (runtime, fallback) = self.pick_runtime(spec.runtime, None)?;
+        match self.start_on(runtime.as_ref(), spec, fallback).await {
+            // The backend went away since it was last checked (engine stopped): remember,
+            // and let the fallback rules decide once more.
+            Err(StartFailure::Unavailable(reason)) => {
+                self.available
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(runtime.backend(), Err(reason.clone()));
+                let (runtime, fallback) = self.pick_runtime(spec.runtime, Some(&reason))?;
+                self.start_on(runtime.as_ref(), spec, fallback)
+                    .await
+                    .map_err(StartFailure::into_api)
+            }
+            other => other.map_err(StartFailure::into_api),
+        }
+    }
+
+    /// Starts `spec` on `runtime` and waits for its agent.
+    async fn start_on(
+        self: &Arc<Self>,
+        runtime: &dyn Runtime,
+        spec: &Spec,
+        fallback: Option<String>,
+    ) -> Result<Ready, StartFailure> {
         let id = runbox_runtime::random_hex(16);
         let workspace = self.config.data_dir.join("workspaces").join(&id);
-        std::fs::create_dir_all(&workspace)
-            .map_err(|e| ApiError::Internal(format!("cannot create the workspace: {e}")))?;
-        let mut policy = Policy::new(Vec::new());
-        policy.limits.memory_bytes = Some(spec.memory_bytes);
-        policy.limits.cpus = Some(spec.cpus);
-        policy.limits.pids = Some(spec.pids);
-        policy.limits.timeout = None; // lifetimes are the reaper's job (renewable)
-        if let Some(o) = spec.output_limit {
-            policy.limits.output_bytes = o;
+        std::fs::create_dir_all(&workspace).map_err(|e| {
+            StartFailure::Other(ApiError::Internal(format!(
+                "cannot create the workspace: {e}"
+            )))
+        })?;
+        let started = self
+            .start_in(runtime, spec, fallback, id, workspace.clone())
+            .await;
+        if started.is_err() {
+            let _ = std::fs::remove_dir_all(&workspace);
         }
-        policy.limits.explicit = vec!["memory".into(), "cpus".into(), "pids".into()];
-        policy.env = spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        policy.filesystem.workspace = Some(workspace);
-        policy.filesystem.rootfs = spec.rootfs.clone();
-        let mut extra = Vec::new();
+        started
+    }
+
+    async fn start_in(
+        self: &Arc<Self>,
+        runtime: &dyn Runtime,
+        spec: &Spec,
+        fallback: Option<String>,
+        id: String,
+        workspace: std::path::PathBuf,
+    ) -> Result<Ready, StartFailure> {
+        let mut agent_args = Vec::new();
         if let Some(a) = &spec.import_allow {
-            extra.extend(["--python-allow".to_owned(), a.clone()]);
+            agent_args.extend(["--python-allow".to_owned(), a.clone()]);
         }
         if let Some(d) = &spec.import_deny {
-            extra.extend(["--python-deny".to_owned(), d.clone()]);
+            agent_args.extend(["--python-deny".to_owned(), d.clone()]);
         }
-        policy.argv = agent_argv(&policy, &extra);
-        let agent = self.agent.clone();
-        let mut started = self
-            .spawner
-            .run(move || AgentSandbox::start(policy, &agent))
-            .await
-            .ok_or_else(|| ApiError::Internal("the sandbox spawner threads are gone".into()))?
-            .map_err(|e| {
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg.push_str(&format!(": {s}"));
-                    src = s.source();
-                }
-                ApiError::Unavailable(format!("cannot start the sandbox: {msg}"))
-            })?;
-        let client = started.client();
-        // Supervise on a thread of its own: the jail's wait blocks.
-        if let Some(sb) = started.sandbox.take() {
+        let start = StartSpec {
+            id: id.clone(),
+            image: spec.source.clone(),
+            workspace,
+            memory_bytes: spec.memory_bytes,
+            cpus: spec.cpus,
+            pids: spec.pids,
+            output_bytes: spec
+                .output_limit
+                .unwrap_or(runbox_jail::Limits::default().output_bytes),
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            agent_args,
+        };
+        let instance: Arc<dyn Instance> = match runtime.start(start).await {
+            Ok(i) => Arc::from(i),
+            Err(runbox_runtime::RuntimeError::Unavailable { reason, .. }) => {
+                return Err(StartFailure::Unavailable(reason))
+            }
+            Err(e @ runbox_runtime::RuntimeError::Image { .. }) => {
+                return Err(StartFailure::Other(ApiError::BadRequest(e.to_string())))
+            }
+            Err(e) => {
+                return Err(StartFailure::Other(ApiError::Unavailable(format!(
+                    "cannot start the sandbox: {e}"
+                ))))
+            }
+        };
+        // Supervise: when the sandbox ends by itself (or is killed), record it.
+        {
             let manager = Arc::downgrade(self);
+            let instance = instance.clone();
             let sid = id.clone();
-            std::thread::spawn(move || {
-                let mut sink = runbox_jail::Discard;
-                let outcome = sb.wait(&mut sink);
+            tokio::spawn(async move {
+                let ended = instance.wait().await;
                 if let Some(m) = manager.upgrade() {
-                    m.ended(&sid, outcome.ok());
+                    m.ended(&sid, ended);
                 }
             });
         }
-        if let Err(e) = client.wait_ready(Duration::from_secs(15)).await {
+        if let Err(e) = instance.client().wait_ready(Duration::from_secs(15)).await {
             eprintln!(
-                "runbox: sandbox {id}: the agent did not answer: {e}; processes: {}",
-                started.killer.describe()
+                "runbox: sandbox {id} ({}): the agent did not answer: {e}; state: {}",
+                runtime.backend(),
+                instance.describe()
             );
-            return Err(ApiError::Unavailable(format!("{AGENT_DID_NOT_START}: {e}")));
+            instance.kill().await;
+            return Err(StartFailure::Other(ApiError::Unavailable(format!(
+                "{AGENT_DID_NOT_START}: {e}"
+            ))));
         }
+        let mut isolation = instance.isolation();
+        isolation["requested"] = json!(spec.runtime);
+        isolation["fallback"] = json!(fallback);
         Ok(Ready {
             id,
-            handle: started,
+            instance,
+            isolation,
         })
     }
 
@@ -511,8 +684,7 @@ impl Manager {
         spec: &Spec,
         ready: Ready,
     ) -> Result<(SandboxRow, Arc<Live>), ApiError> {
-        let client = ready.handle.client();
-        let token = ready.handle.token.clone();
+        let client = ready.instance.client();
         let id = ready.id;
         let created = now();
         let live = Arc::new(Live {
@@ -520,13 +692,12 @@ impl Manager {
             tenant: tenant.to_owned(),
             memory_bytes: spec.memory_bytes,
             client: client.clone(),
-            token,
             expires_at: Mutex::new(spec.timeout.map(|t| created + t)),
             paused: Mutex::new(false),
-            control: ready.handle.killer.clone(),
+            instance: ready.instance,
+            isolation: ready.isolation,
             idle_timeout: spec.idle_timeout,
             last_activity: Mutex::new(std::time::Instant::now()),
-            handle: Mutex::new(Some(ready.handle)),
         });
         let entry = shell_join(&spec.entrypoint);
         if entry != "tail -f /dev/null" {
@@ -552,6 +723,8 @@ impl Manager {
             created_at: stamp.clone(),
             updated_at: stamp,
             expires_at: spec.timeout.map(|t| rfc3339(created + t)),
+            backend: live.instance.backend().to_string(),
+            isolation: live.isolation.clone(),
         };
         self.store
             .insert_sandbox(&row)
@@ -567,15 +740,24 @@ impl Manager {
 
     /// Keeps every pool filled, forever (started by `serve`).
     pub async fn fill_pools(self: Arc<Self>) {
+        let closing = || self.closing.load(std::sync::atomic::Ordering::SeqCst);
         loop {
             for pool in &self.pools {
                 while pool.ready.lock().unwrap_or_else(|p| p.into_inner()).len() < pool.config.size
                 {
+                    if closing() {
+                        return;
+                    }
                     match self.launch(&pool.spec).await {
+                        // Started while the server began shutting down: nobody will kill it.
+                        Ok(ready) if closing() => {
+                            ready.instance.kill().await;
+                            return;
+                        }
                         Ok(ready) => {
                             if !pool.config.preload.is_empty() {
                                 let code = format!("import {}", pool.config.preload.join(", "));
-                                let client = ready.handle.client();
+                                let client = ready.instance.client();
                                 if let Ok(r) = client.request("POST", "/code", Some(json!({ "context": { "language": "python" }, "code": code }))).await {
                                     let _ = r.text().await;
                                 }
@@ -593,12 +775,15 @@ impl Manager {
                     }
                 }
             }
+            if closing() {
+                return;
+            }
             self.pool_changed.notified().await;
         }
     }
 
-    /// Called by the supervisor thread when a sandbox's PID 1 is gone.
-    fn ended(&self, id: &str, outcome: Option<runbox_jail::Outcome>) {
+    /// Called by the supervisor task when a sandbox has ended (by itself or killed).
+    fn ended(&self, id: &str, ended: Ended) {
         for pool in &self.pools {
             let mut ready = pool.ready.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(pos) = ready.iter().position(|r| r.id == id) {
@@ -612,36 +797,57 @@ impl Manager {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
         if let Some(live) = removed {
-            live.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let why = outcome
-                .map(|o| format!("{:?}", o.status).to_lowercase())
-                .unwrap_or_else(|| "unknown".into());
             let _ = self.store.set_state(
                 id,
                 "Failed",
                 Some("agent_exited"),
-                Some(&format!("the sandbox's agent exited ({why})")),
+                Some(&format!(
+                    "the sandbox's agent exited ({}: {})",
+                    ended.status, ended.detail
+                )),
                 &rfc3339(now()),
             );
+            // Whatever the backend still holds (a stopped container) goes too.
+            tokio::spawn(async move { live.instance.kill().await });
         }
     }
 
     /// Kills a sandbox and records why.
-    pub fn terminate(&self, id: &str, reason: &str) -> Option<Arc<Live>> {
+    pub async fn terminate(&self, id: &str, reason: &str) -> Option<Arc<Live>> {
         let removed = self
             .live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id)?;
-        removed
-            .handle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
         let _ = self
             .store
             .set_state(id, "Terminated", Some(reason), None, &rfc3339(now()));
+        removed.instance.kill().await;
         Some(removed)
+    }
+
+    /// Kills every live and pooled sandbox (server shutdown): containers and runsc sandboxes
+    /// do not die with the server by themselves.
+    pub async fn shutdown(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.pool_changed.notify_one();
+        let ids: Vec<String> = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for id in ids {
+            self.terminate(&id, "server_shutdown").await;
+        }
+        for pool in &self.pools {
+            let ready = std::mem::take(&mut *pool.ready.lock().unwrap_or_else(|p| p.into_inner()));
+            for r in ready {
+                r.instance.kill().await;
+            }
+        }
     }
 
     /// Sandboxes nobody used for longer than their idle timeout (paused ones are not idle).
@@ -681,27 +887,24 @@ impl Manager {
     }
 
     /// Freezes or thaws the sandbox's processes.
-    pub fn set_paused(&self, live: &Live, pause: bool) -> Result<(), ApiError> {
-        let handle = live.handle.lock().unwrap_or_else(|p| p.into_inner());
-        let control = &handle
-            .as_ref()
-            .ok_or_else(|| ApiError::SandboxNotFound(live.id.clone()))?
-            .killer;
-        if !control.can_pause() {
-            return Err(ApiError::Unavailable(
-                "this host has no cgroup freezer, so sandboxes cannot be paused".into(),
-            ));
+    pub async fn set_paused(&self, live: &Live, pause: bool) -> Result<(), ApiError> {
+        if !live.instance.can_pause() {
+            return Err(ApiError::Unavailable(format!(
+                "sandboxes on {} cannot be paused on this host",
+                live.instance.backend()
+            )));
         }
         let result = if pause {
-            control.pause()
+            live.instance.pause().await
         } else {
-            control.resume()
+            live.instance.resume().await
         };
-        result.map_err(|e| {
-            ApiError::Conflict(format!(
+        result.map_err(|e| match e {
+            runbox_runtime::RuntimeError::Unsupported(m) => ApiError::Unavailable(m),
+            e => ApiError::Conflict(format!(
                 "cannot {} the sandbox: {e}",
                 if pause { "pause" } else { "resume" }
-            ))
+            )),
         })?;
         *live.paused.lock().unwrap_or_else(|p| p.into_inner()) = pause;
         let state = if pause { "Paused" } else { "Running" };
@@ -732,7 +935,7 @@ pub async fn reaper(manager: Arc<Manager>) {
     loop {
         tick.tick().await;
         for id in manager.idle() {
-            if let Some(live) = manager.terminate(&id, "idle_timeout") {
+            if let Some(live) = manager.terminate(&id, "idle_timeout").await {
                 manager.auditor.lifecycle(
                     &live.tenant,
                     Some(&id),
@@ -744,7 +947,7 @@ pub async fn reaper(manager: Arc<Manager>) {
             }
         }
         for id in manager.expired() {
-            if let Some(live) = manager.terminate(&id, "ttl_expiry") {
+            if let Some(live) = manager.terminate(&id, "ttl_expiry").await {
                 manager
                     .counters
                     .expired
@@ -767,6 +970,57 @@ pub async fn reaper(manager: Arc<Manager>) {
                 .prune_audit((cutoff.unix_timestamp_nanos() / 1_000_000) as i64);
         }
     }
+}
+
+/// Why a start failed: the backend is gone (fallback rules apply) or anything else.
+enum StartFailure {
+    Unavailable(String),
+    Other(ApiError),
+}
+
+impl StartFailure {
+    fn into_api(self) -> ApiError {
+        match self {
+            StartFailure::Unavailable(reason) => {
+                ApiError::Unavailable(format!("the runtime is unavailable: {reason}"))
+            }
+            StartFailure::Other(e) => e,
+        }
+    }
+}
+
+/// Where image `name` lives: the config's `[images]` table, then the image store
+/// (`runbox image build/import`); `default` with neither is the host's /usr on native and
+/// gvisor and `runbox/default:latest` on docker.
+fn resolve_image(
+    config: &Config,
+    store: Option<&runbox_image::ImageStore>,
+    name: &str,
+) -> Result<ImageSource, ApiError> {
+    if let Some(rootfs) = config.images.get(name) {
+        return Ok(ImageSource {
+            name: name.to_owned(),
+            rootfs: Some(rootfs.clone()),
+            docker: Some(format!("runbox/{name}:latest")),
+        });
+    }
+    if let Some(image) = store.and_then(|s| s.get(name)) {
+        return Ok(ImageSource {
+            name: name.to_owned(),
+            rootfs: Some(image.rootfs()),
+            docker: image.docker_ref(),
+        });
+    }
+    if name == "default" || config.unknown_images == UnknownImages::Default {
+        return Ok(ImageSource {
+            name: "default".into(),
+            rootfs: None,
+            docker: Some("runbox/default:latest".into()),
+        });
+    }
+    Err(ApiError::BadRequest(format!(
+        "image `{name}` does not exist (see `runbox image list`; unknown_images is reject)"
+    )))
 }
 
 #[cfg(test)]

@@ -267,6 +267,7 @@ impl Modify for SecuritySchemes {
         api::get_one,
         api::delete_one,
         api::patch_metadata,
+        api::isolation,
         api::pause,
         api::resume,
         api::renew,

@@ -73,7 +73,7 @@ async fn forward(
     id: String,
     port: u16,
     rest: String,
-    req: Request,
+    mut req: Request,
 ) -> Result<Response, ApiError> {
     let live = state
         .manager
@@ -84,7 +84,7 @@ async fn forward(
         .get(ACCESS_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if !runbox_proto::execd::token_matches(token, &live.token) {
+    if !runbox_proto::execd::token_matches(token, live.token()) {
         // Same answer as for a sandbox that does not exist: the token is the credential here.
         return Err(ApiError::SandboxNotFound(id));
     }
@@ -102,13 +102,21 @@ async fn forward(
     } else {
         None
     };
+    // A protocol upgrade (WebSocket) to a service of the sandbox: the Upgrade and Connection
+    // headers go through, and after a 101 both connections are spliced together.
+    let upgrade = (port != EXECD_PORT && req.headers().contains_key(hyper::header::UPGRADE))
+        .then(|| hyper::upgrade::on(&mut req));
     let method = req.method().clone();
     let mut builder = hyper::Request::builder()
         .method(method.clone())
         .uri(format!("{path}{query}"));
     for (name, value) in req.headers() {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || n.eq_ignore_ascii_case(API_KEY_HEADER) || n == "host" {
+        let kept_for_upgrade = upgrade.is_some() && matches!(n, "connection" | "upgrade");
+        if (HOP_BY_HOP.contains(&n) && !kept_for_upgrade)
+            || n.eq_ignore_ascii_case(API_KEY_HEADER)
+            || n == "host"
+        {
             continue;
         }
         builder = builder.header(name, value);
@@ -166,9 +174,12 @@ async fn forward(
             .await
             .map_err(|e| e.to_string())
     };
-    let resp = answered.map_err(|e| {
+    let mut resp = answered.map_err(|e| {
         ApiError::Unavailable(format!("port {port} of the sandbox did not answer: {e}"))
     })?;
+    if let (Some(client_side), hyper::StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {
+        return switch_protocols(client_side, &mut resp);
+    }
     let status = resp.status();
     let (parts, incoming) = resp.into_parts();
     let mut response = Response::builder().status(parts.status);
@@ -228,7 +239,32 @@ async fn forward(
         .into_response())
 }
 
-/// An HTTP/1 connection to `127.0.0.1:port` in the sandbox's own network namespace.
+/// Answers 101 with the service's headers and splices the two upgraded connections.
+fn switch_protocols(
+    client_side: hyper::upgrade::OnUpgrade,
+    resp: &mut hyper::Response<hyper::body::Incoming>,
+) -> Result<Response, ApiError> {
+    let service_side = hyper::upgrade::on(&mut *resp);
+    let mut response = Response::builder().status(hyper::StatusCode::SWITCHING_PROTOCOLS);
+    for (name, value) in resp.headers() {
+        response = response.header(name, value);
+    }
+    tokio::spawn(async move {
+        if let (Ok(client), Ok(service)) = (client_side.await, service_side.await) {
+            let _ = tokio::io::copy_bidirectional(
+                &mut TokioIo::new(client),
+                &mut TokioIo::new(service),
+            )
+            .await;
+        }
+    });
+    response
+        .body(Body::empty())
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// An HTTP/1 connection to `127.0.0.1:port` inside the sandbox (its own network namespace,
+/// or a tunnel through the agent where the host cannot enter it).
 async fn connect_port(
     live: &crate::manager::Live,
     port: u16,
@@ -236,20 +272,16 @@ async fn connect_port(
     let unreachable = |e: String| {
         ApiError::Unavailable(format!("port {port} of the sandbox is not reachable: {e}"))
     };
-    let control = live.control.clone();
-    let std = tokio::task::spawn_blocking(move || control.connect_tcp(port))
+    let stream = live
+        .instance
+        .connect_tcp(port)
         .await
-        .map_err(|e| unreachable(e.to_string()))?
         .map_err(|e| unreachable(e.to_string()))?;
-    std.set_nonblocking(true)
-        .map_err(|e| unreachable(e.to_string()))?;
-    let _ = std.set_nodelay(true);
-    let stream = tokio::net::TcpStream::from_std(std).map_err(|e| unreachable(e.to_string()))?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = conn.with_upgrades().await;
     });
     Ok(sender)
 }

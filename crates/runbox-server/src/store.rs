@@ -7,7 +7,10 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_isolation.sql"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -37,6 +40,10 @@ pub struct SandboxRow {
     pub created_at: String,
     pub updated_at: String,
     pub expires_at: Option<String>,
+    /// `native`, `docker` or `gvisor`.
+    pub backend: String,
+    /// The isolation report (`GET /v1/sandboxes/{id}/isolation`).
+    pub isolation: serde_json::Value,
 }
 
 /// An audit record.
@@ -81,6 +88,8 @@ fn row_to_sandbox(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
         created_at: r.get("created_at")?,
         updated_at: r.get("updated_at")?,
         expires_at: r.get("expires_at")?,
+        backend: r.get("backend")?,
+        isolation: serde_json::from_str(&r.get::<_, String>("isolation")?).unwrap_or_default(),
     })
 }
 
@@ -123,13 +132,14 @@ impl Store {
 
     pub fn insert_sandbox(&self, s: &SandboxRow) -> Result<(), StoreError> {
         self.conn().execute(
-            "INSERT INTO sandboxes (id, tenant, state, reason, message, image, entrypoint, metadata, memory_bytes, created_at, updated_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            "INSERT INTO sandboxes (id, tenant, state, reason, message, image, entrypoint, metadata, memory_bytes, created_at, updated_at, expires_at, backend, isolation)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 s.id, s.tenant, s.state, s.reason, s.message, s.image,
                 serde_json::to_string(&s.entrypoint).unwrap_or_default(),
                 serde_json::to_string(&s.metadata).unwrap_or_default(),
-                s.memory_bytes as i64, s.created_at, s.updated_at, s.expires_at
+                s.memory_bytes as i64, s.created_at, s.updated_at, s.expires_at,
+                s.backend, s.isolation.to_string()
             ],
         )?;
         Ok(())
@@ -303,6 +313,8 @@ mod tests {
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
             expires_at: None,
+            backend: "native".into(),
+            isolation: serde_json::json!({}),
         }
     }
 

@@ -4,6 +4,7 @@
 mod doctor;
 mod exec;
 mod exit;
+mod image;
 mod run;
 mod sandbox_args;
 mod serve;
@@ -33,6 +34,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Show which kernel features this host offers and what `run` will use.
     Doctor(doctor::DoctorArgs),
+    /// Build, import, list and remove sandbox images.
+    Image(image::ImageArgs),
 }
 
 fn main() {
@@ -53,6 +56,7 @@ fn main() {
     let code = match cli.command {
         Command::Run(args) => run::main(*args),
         Command::Doctor(args) => doctor::main(args),
+        Command::Image(args) => image::main(args),
         Command::Exec(args) => report(exec::main(*args)),
         Command::Serve(args) => report(serve::main(args)),
         Command::Repl(args) => report(exec::repl(*args)),

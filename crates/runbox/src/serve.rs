@@ -17,6 +17,10 @@ pub struct ServeArgs {
     /// A runbox.toml (every key documented in docs/configuration.md) [env: RUNBOX_CONFIG]
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The default isolation backend: native, docker or gvisor [env: RUNBOX_RUNTIME]
+    /// [default: native]
+    #[arg(long)]
+    runtime: Option<String>,
 }
 
 pub fn main(args: ServeArgs) -> anyhow::Result<i32> {
@@ -29,6 +33,7 @@ pub fn main(args: ServeArgs) -> anyhow::Result<i32> {
             .map(|d| d.display().to_string())
             .or_else(|| env("RUNBOX_DATA_DIR")),
         api_keys: env("RUNBOX_API_KEYS"),
+        runtime: args.runtime.or_else(|| env("RUNBOX_RUNTIME")),
     };
     let file = args
         .config

@@ -43,6 +43,32 @@ fn agent_binary() -> PathBuf {
 
 struct Server {
     addr: std::net::SocketAddr,
+    manager: std::sync::Arc<runbox_server::manager::Manager>,
+}
+
+/// Each test's sandboxes end with its server: containers and runsc sandboxes would otherwise
+/// outlive the test process (scripts/leftovers.sh checks that none did).
+impl Drop for Server {
+    fn drop(&mut self) {
+        let manager = self.manager.clone();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(manager.shutdown())
+        });
+    }
+}
+
+/// The backend under test: `RUNBOX_TEST_RUNTIME` (native, docker or gvisor; default native).
+/// scripts/test.sh runs this whole file once per backend: the conformance suite.
+fn test_runtime() -> runbox_server::config::RuntimeConfig {
+    let default = std::env::var("RUNBOX_TEST_RUNTIME")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| v.parse().expect("RUNBOX_TEST_RUNTIME"))
+        .unwrap_or(runbox_runtime::Backend::Native);
+    runbox_server::config::RuntimeConfig {
+        default,
+        ..Default::default()
+    }
 }
 
 const KEY_A: &str = "key-of-tenant-a-123";
@@ -69,18 +95,21 @@ async fn spawn_server(max_sandboxes: usize) -> Server {
             max_sandboxes,
             max_memory: "64Gi".into(),
         },
+        runtime: test_runtime(),
         ..Config::default()
     };
     let state = runbox_server::AppState::new(config, agent_binary()).expect("state");
+    state.prepare().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let manager = state.manager.clone();
     tokio::spawn(runbox_server::manager::reaper(state.manager.clone()));
     tokio::spawn(async move {
         let _ = axum::serve(runbox_server::no_delay(listener), runbox_server::app(state)).await;
     });
-    Server { addr }
+    Server { addr, manager }
 }
 
 struct Reply {
@@ -492,15 +521,18 @@ async fn warm_pool_serves_matching_creates_with_modules_preloaded() {
         }],
         pools: vec![runbox_server::config::PoolConfig {
             image: "default".into(),
+            runtime: None,
             memory: "512Mi".into(),
             cpu: "1".into(),
             pids: 256,
             size: 1,
             preload: vec!["json".into()],
         }],
+        runtime: test_runtime(),
         ..Config::default()
     };
     let state = runbox_server::AppState::new(config, agent_binary()).expect("state");
+    state.prepare().await;
     let manager = state.manager.clone();
     tokio::spawn(manager.clone().fill_pools());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -508,6 +540,7 @@ async fn warm_pool_serves_matching_creates_with_modules_preloaded() {
         .expect("bind");
     let s = Server {
         addr: listener.local_addr().expect("addr"),
+        manager: manager.clone(),
     };
     tokio::spawn(async move {
         let _ = axum::serve(runbox_server::no_delay(listener), runbox_server::app(state)).await;
@@ -717,4 +750,266 @@ async fn other_ports_reach_services_inside_the_sandbox() {
         .status,
         404
     );
+}
+
+/// A tiny upgrade server inside the sandbox: answers 101 and then echoes every byte.
+const UPGRADE_ECHO: &str = r#"
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8100)); s.listen(4)
+while True:
+    c, _ = s.accept(); buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += c.recv(4096)
+    ok = b"upgrade: echo" in buf.lower()
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n" if ok else b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+    while ok:
+        d = c.recv(4096)
+        if not d: break
+        c.sendall(d)
+    c.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_style_upgrades_reach_services_inside_the_sandbox() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    require_root!();
+    let s = spawn_server(5).await;
+    let id = create(&s, KEY_A).await;
+    let ep = call(
+        &s,
+        "GET",
+        &format!("/v1/sandboxes/{id}/endpoints/8100"),
+        &key(KEY_A),
+        None,
+    )
+    .await
+    .json();
+    let token = ep["headers"]["X-EXECD-ACCESS-TOKEN"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let tok = [("X-EXECD-ACCESS-TOKEN", token.as_str())];
+    let write = json!({ "command": format!("cat > /workspace/echo.py <<'EOF'\n{UPGRADE_ECHO}\nEOF\npython3 /workspace/echo.py"), "background": true });
+    call(
+        &s,
+        "POST",
+        &format!("/sandboxes/{id}/port/44772/command"),
+        &tok,
+        Some(write),
+    )
+    .await;
+    let request = format!(
+        "GET /sandboxes/{id}/port/8100/ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: echo\r\nX-EXECD-ACCESS-TOKEN: {token}\r\n\r\n"
+    );
+    let mut head = String::new();
+    let mut conn = None;
+    for _ in 0..50 {
+        let mut c = tokio::net::TcpStream::connect(s.addr)
+            .await
+            .expect("connect");
+        c.write_all(request.as_bytes()).await.expect("send");
+        let mut buf = vec![0u8; 1024];
+        let n = c.read(&mut buf).await.expect("read");
+        head = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if head.starts_with("HTTP/1.1 101") {
+            conn = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut c = conn.unwrap_or_else(|| panic!("no 101 from the service: {head}"));
+    assert!(head.to_lowercase().contains("upgrade: echo"), "{head}");
+    for msg in ["ping", "second message"] {
+        c.write_all(msg.as_bytes()).await.expect("send");
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut buf))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        assert_eq!(buf, msg.as_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn isolation_reports_the_backend_enforcement_and_limits() {
+    require_root!();
+    let s = spawn_server(5).await;
+    let id = create(&s, KEY_A).await;
+    let path = format!("/v1/sandboxes/{id}/isolation");
+    let r = call(&s, "GET", &path, &key(KEY_A), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    let backend = test_runtime().default;
+    assert_eq!(v["sandboxId"], id.as_str());
+    assert_eq!(v["backend"], backend.as_str());
+    assert_eq!(v["requested"], backend.as_str());
+    assert_eq!(v["fallback"], Value::Null);
+    assert_eq!(v["limits"]["memory_bytes"], 512u64 << 20, "{v}");
+    assert_eq!(v["limits"]["pids"], 256, "{v}");
+    assert!(v["enforcement"].is_object(), "{v}");
+    // Another tenant's sandbox: the same 404 as none.
+    let other = call(&s, "GET", &path, &key(KEY_B), None).await;
+    assert_eq!(other.status, 404);
+    let none = call(
+        &s,
+        "GET",
+        "/v1/sandboxes/0123456789abcdef0123456789abcdef/isolation",
+        &key(KEY_B),
+        None,
+    )
+    .await;
+    assert_eq!(none.status, 404);
+    assert_eq!(other.json()["code"], none.json()["code"]);
+    // The create's audit record carries it too.
+    let audit = call(
+        &s,
+        "GET",
+        &format!("/v1/audit?sandbox={id}&kind=sandbox.create"),
+        &key(KEY_A),
+        None,
+    )
+    .await
+    .json();
+    let rec = &audit["items"][0];
+    assert_eq!(rec["detail"]["runtime"], backend.as_str(), "{audit}");
+    assert_eq!(
+        rec["detail"]["isolation"]["backend"],
+        backend.as_str(),
+        "{audit}"
+    );
+    // After the sandbox ends the report is still there.
+    let r = call(
+        &s,
+        "DELETE",
+        &format!("/v1/sandboxes/{id}"),
+        &key(KEY_A),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let v = call(&s, "GET", &path, &key(KEY_A), None).await.json();
+    assert_eq!(v["backend"], backend.as_str());
+    assert_eq!(v["state"], "Terminated");
+}
+
+/// A server with only the native backend built in: a request for another backend is
+/// refused in strict mode and falls back (recorded) in fallback mode.
+async fn native_only_server(on_unavailable: runbox_server::config::OnUnavailable) -> Server {
+    let mut b = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+    let config = Config {
+        data_dir: std::env::temp_dir()
+            .join(format!("runbox-server-test-{}", u64::from_ne_bytes(b))),
+        tenants: vec![TenantConfig {
+            name: "a".into(),
+            keys: vec![KEY_A.into()],
+        }],
+        runtime: runbox_server::config::RuntimeConfig {
+            default: runbox_runtime::Backend::Native,
+            on_unavailable,
+            fallback: vec![
+                runbox_runtime::Backend::Gvisor,
+                runbox_runtime::Backend::Native,
+            ],
+        },
+        ..Config::default()
+    };
+    let native = runbox_runtime::NativeRuntime::new(agent_binary()).expect("native");
+    let state = runbox_server::AppState::with_runtimes(config, vec![std::sync::Arc::new(native)])
+        .expect("state");
+    state.prepare().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let manager = state.manager.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(runbox_server::no_delay(listener), runbox_server::app(state)).await;
+    });
+    Server { addr, manager }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unavailable_backend_is_refused_when_strict_and_recorded_when_falling_back() {
+    require_root!();
+    use runbox_server::config::OnUnavailable;
+    let body = json!({ "image": { "uri": "default" }, "entrypoint": ["tail", "-f", "/dev/null"], "timeout": 600, "extensions": { "runbox.runtime": "docker" } });
+    let strict = native_only_server(OnUnavailable::Strict).await;
+    let r = call(
+        &strict,
+        "POST",
+        "/v1/sandboxes",
+        &key(KEY_A),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("docker runtime is unavailable"),
+        "{}",
+        r.text
+    );
+    let listed = call(&strict, "GET", "/v1/sandboxes", &key(KEY_A), None)
+        .await
+        .json();
+    assert_eq!(
+        listed["items"],
+        json!([]),
+        "a refused create leaves no record"
+    );
+
+    let lenient = native_only_server(OnUnavailable::Fallback).await;
+    let r = call(&lenient, "POST", "/v1/sandboxes", &key(KEY_A), Some(body)).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let id = r.json()["id"].as_str().expect("id").to_owned();
+    let v = call(
+        &lenient,
+        "GET",
+        &format!("/v1/sandboxes/{id}/isolation"),
+        &key(KEY_A),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(v["backend"], "native", "{v}");
+    assert_eq!(v["requested"], "docker", "{v}");
+    assert!(
+        v["fallback"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fell back to native"),
+        "{v}"
+    );
+    let audit = call(
+        &lenient,
+        "GET",
+        &format!("/v1/audit?sandbox={id}&kind=sandbox.runtime_fallback"),
+        &key(KEY_A),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(
+        audit["items"][0]["detail"]["requested"], "docker",
+        "{audit}"
+    );
+    assert_eq!(audit["items"][0]["detail"]["used"], "native", "{audit}");
+    let _ = call(
+        &lenient,
+        "DELETE",
+        &format!("/v1/sandboxes/{id}"),
+        &key(KEY_A),
+        None,
+    )
+    .await;
+
+    // An unknown backend name is bad input.
+    let bad = json!({ "image": { "uri": "default" }, "entrypoint": ["tail", "-f", "/dev/null"], "timeout": 600, "extensions": { "runbox.runtime": "qemu" } });
+    let r = call(&lenient, "POST", "/v1/sandboxes", &key(KEY_A), Some(bad)).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("unknown runtime `qemu`"), "{}", r.text);
 }

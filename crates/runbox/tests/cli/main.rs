@@ -10,6 +10,8 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
+mod image;
+
 const RUNBOX: &str = env!("CARGO_BIN_EXE_runbox");
 
 fn is_root() -> bool {
