@@ -286,6 +286,8 @@ fn find_in_path(path: &OsStr, name: &str) -> Option<OsString> {
 /// differently, and a name PATH does not have (bash prints its own "command not found").
 /// Failures to exec the program found (not executable after all, a bad interpreter, no `#!`
 /// line) are left to bash too: the caller falls back to `shell` when the spawn fails.
+/// `shell`'s environment must have been cleared before its variables were set (as `run` does):
+/// what it would inherit from the agent is not visible here.
 fn direct_command(line: &str, shell: &Command) -> Option<Command> {
     let words = plain_words(line)?;
     let (&name, args) = words.split_first()?;

@@ -39,6 +39,7 @@ mod progress;
 mod rootfs;
 mod staging;
 mod store;
+mod tidy;
 
 pub use build::{build, BuildOptions, BuildReport, DEFAULT_MIRROR, DEFAULT_PACKAGES, SUITE};
 pub use docker::{docker_ref_for, Engine, Loaded};

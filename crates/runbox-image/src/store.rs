@@ -1,6 +1,7 @@
 //! The images directory: `<dir>/<name>/rootfs/` and `<dir>/<name>/image.json`, plus what
 //! interrupted work leaves behind (`.<label>.tmp-<random>` with its `.lock`, and
-//! `.<name>.old-*` / `.<name>.rm-*` from replacements and removals), swept by [`ImageStore::sweep`].
+//! `.<name>.old-*` / `.<name>.rm-*` from replacements and removals), swept by
+//! [`ImageStore::sweep`].
 
 use std::fs;
 use std::io::{self, Write};
@@ -257,7 +258,10 @@ pub(crate) fn write_meta(dir: &Path, meta: &ImageMeta) -> Result<(), StoreError>
 
 /// Now, as RFC 3339 in UTC.
 pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
+    let now = time::OffsetDateTime::now_utc();
+    // Seconds are precise enough for a listing.
+    now.replace_nanosecond(0)
+        .unwrap_or(now)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
