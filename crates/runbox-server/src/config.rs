@@ -47,6 +47,9 @@ pub struct Config {
     pub audit_retention_days: u64,
     /// Largest request body accepted outside file uploads, bytes. Default 1 MiB.
     pub max_body_bytes: usize,
+    /// Seconds a client may take to send a request's headers, and may keep a connection
+    /// idle between requests, before it is closed. Default 30.
+    pub header_read_timeout_seconds: u64,
     /// Warm pools (`[[pools]]`): sandboxes kept started, agent up and the python context
     /// warmed with `preload` modules imported; a create with exactly this profile (image,
     /// memory, cpu, pids, no env, no import policy) takes one and the pool refills.
@@ -172,6 +175,7 @@ impl Default for Config {
             default_pids: 256,
             audit_retention_days: 30,
             max_body_bytes: 1 << 20,
+            header_read_timeout_seconds: 30,
             pools: Vec::new(),
         }
     }

@@ -17,6 +17,7 @@ pub mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderValue;
@@ -218,6 +219,7 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
         state.manager.config.data_dir.display()
     );
     let manager = state.manager.clone();
+    let header_timeout = Duration::from_secs(state.manager.config.header_read_timeout_seconds);
     // On SIGTERM or SIGINT: stop accepting, end every sandbox (containers and runsc
     // sandboxes would outlive us), then let the open connections finish.
     let shutdown = async move {
@@ -233,10 +235,66 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
         eprintln!("runbox: stopping: ending every sandbox");
         manager.shutdown().await;
     };
-    axum::serve(no_delay(listener), app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_connections(listener, app(state), header_timeout, shutdown).await
 }
+
+/// How long open connections may take to finish after shutdown began.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` until `shutdown` completes, then drains open connections (for
+/// at most `DRAIN`). Written out instead of `axum::serve` because that one cannot bound how
+/// long a client may take to send its request headers or keep an idle connection open:
+/// hyper's header read timeout only runs with a timer, which axum::serve does not set. With
+/// it, a client that sends headers slowly, or holds an idle keep-alive connection, is cut
+/// off after `header_timeout`.
+pub async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // Out of descriptors and the like: pause instead of spinning.
+            Err(e) => {
+                eprintln!("runbox: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        eprintln!("runbox: connections still open after {DRAIN:?}; closing them");
+    }
+    Ok(())
+}
+
+/// Largest request head (request line and headers) accepted.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Small streamed events must not wait for Nagle's algorithm (40 ms with delayed ACKs).
 pub fn no_delay(
