@@ -767,10 +767,14 @@ impl Manager {
                                 .unwrap_or_else(|p| p.into_inner())
                                 .push(ready);
                         }
+                        // Try again in a while (the backend may come back); never wait for a
+                        // take that an empty pool cannot get.
                         Err(e) => {
-                            eprintln!("runbox: warm pool for {}: {e}", pool.spec.image);
+                            eprintln!(
+                                "runbox: warm pool for {} on {}: {e}; retrying in 5 s",
+                                pool.spec.image, pool.spec.runtime
+                            );
                             tokio::time::sleep(Duration::from_secs(5)).await;
-                            break;
                         }
                     }
                 }

@@ -1,0 +1,408 @@
+//! An in-process server with one backend as its default, one sandbox on it, and commands run
+//! through the proxy (`/sandboxes/{id}/port/44772/command`) with their event stream parsed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use runbox_runtime::Backend;
+use runbox_server::config::{Config, RuntimeConfig, TenantConfig};
+use serde_json::{json, Value};
+
+const KEY: &str = "key-of-the-escape-suite-789";
+/// Longest wait for one HTTP exchange that is not a command (create, delete, ping).
+const CALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// A target-directory binary built by `cargo build --workspace`.
+pub fn built_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let path = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{} missing: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+    u64::from_ne_bytes(b)
+}
+
+/// `RUNBOX_REQUIRE_DOCKER=1` / `RUNBOX_REQUIRE_GVISOR=1`: an unavailable backend fails the
+/// test instead of skipping it (scripts/test.sh sets both).
+fn required(backend: Backend) -> bool {
+    let var = match backend {
+        Backend::Native => return false,
+        Backend::Docker => "RUNBOX_REQUIRE_DOCKER",
+        Backend::Gvisor => "RUNBOX_REQUIRE_GVISOR",
+    };
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+pub struct Server {
+    pub addr: std::net::SocketAddr,
+    pub manager: std::sync::Arc<runbox_server::manager::Manager>,
+    pub data_dir: PathBuf,
+}
+
+/// Containers and runsc sandboxes would outlive the test process: end them with the server.
+impl Drop for Server {
+    fn drop(&mut self) {
+        let manager = self.manager.clone();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(manager.shutdown())
+        });
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
+    }
+}
+
+impl Server {
+    /// A server whose default backend is `backend`, or None (after saying SKIPPED) when that
+    /// backend's `Runtime::check` fails and it is not required.
+    pub async fn start(backend: Backend, test: &str) -> Option<Server> {
+        // Not /tmp/runbox*: the jail escape suite counts those as leftovers of its runs.
+        let data_dir =
+            std::env::temp_dir().join(format!("escape-suite-{backend}-{:016x}", random_u64()));
+        let config = Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            data_dir: data_dir.clone(),
+            tenants: vec![TenantConfig {
+                name: "escape".into(),
+                keys: vec![KEY.into()],
+            }],
+            runtime: RuntimeConfig {
+                default: backend,
+                ..Default::default()
+            },
+            ..Config::default()
+        };
+        let state = runbox_server::AppState::new(config, built_binary("runbox-agent"))
+            .expect("server state");
+        let status = state
+            .manager
+            .check_runtimes()
+            .await
+            .remove(&backend)
+            .unwrap_or_else(|| Err("not built into this server".into()));
+        if let Err(reason) = status {
+            let _ = std::fs::remove_dir_all(&data_dir);
+            assert!(
+                !required(backend),
+                "{test}: the {backend} backend is required here but unavailable: {reason}"
+            );
+            eprintln!("SKIPPED: {test}: the {backend} backend is unavailable: {reason}");
+            return None;
+        }
+        state.prepare().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let manager = state.manager.clone();
+        tokio::spawn(runbox_server::manager::reaper(state.manager.clone()));
+        tokio::spawn(async move {
+            let _ = axum::serve(runbox_server::no_delay(listener), runbox_server::app(state)).await;
+        });
+        Some(Server {
+            addr,
+            manager,
+            data_dir,
+        })
+    }
+
+    /// One HTTP/1 exchange on a fresh connection, bounded by `limit`.
+    pub async fn call_within(
+        &self,
+        limit: Duration,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Result<Reply, String> {
+        let exchange = async {
+            let stream = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(conn);
+            let mut req = hyper::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", self.addr.to_string());
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+            if !bytes.is_empty() {
+                req = req.header("content-type", "application/json");
+            }
+            let req = req
+                .body(Full::new(Bytes::from(bytes)))
+                .map_err(|e| format!("request: {e}"))?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("send: {e}"))?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("body: {e}"))?;
+            Ok(Reply {
+                status,
+                text: String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+            })
+        };
+        tokio::time::timeout(limit, exchange)
+            .await
+            .unwrap_or_else(|_| Err(format!("{method} {path}: no answer within {limit:?}")))
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        self.call_within(
+            CALL_LIMIT,
+            method,
+            path,
+            &[("OPEN-SANDBOX-API-KEY", KEY)],
+            body,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Creates one sandbox on `backend` with small limits (the bombs must hit them fast).
+    pub async fn create(&self, backend: Backend, memory: &str, pids: u64) -> Sandbox {
+        let body = json!({
+            "image": { "uri": "default" },
+            "entrypoint": ["tail", "-f", "/dev/null"],
+            "timeout": 600,
+            "resourceLimits": { "cpu": "1", "memory": memory },
+            "extensions": { "runbox.runtime": backend.as_str(), "runbox.pids": pids.to_string() },
+        });
+        let r = self.call("POST", "/v1/sandboxes", Some(body)).await;
+        assert_eq!(r.status, 202, "create on {backend}: {}", r.text);
+        let id = r.json()["id"].as_str().expect("id").to_owned();
+        let ep = self
+            .call("GET", &format!("/v1/sandboxes/{id}/endpoints/44772"), None)
+            .await
+            .json();
+        let token = ep["headers"]["X-EXECD-ACCESS-TOKEN"]
+            .as_str()
+            .expect("token")
+            .to_owned();
+        let isolation = self
+            .call("GET", &format!("/v1/sandboxes/{id}/isolation"), None)
+            .await
+            .json();
+        assert_eq!(
+            isolation["backend"],
+            backend.as_str(),
+            "the sandbox did not get the backend under test: {isolation}"
+        );
+        Sandbox {
+            workspace: self.data_dir.join("workspaces").join(&id),
+            id,
+            token,
+            isolation,
+        }
+    }
+}
+
+pub struct Sandbox {
+    pub id: String,
+    token: String,
+    /// On the host; bind-mounted at /workspace.
+    pub workspace: PathBuf,
+    pub isolation: Value,
+}
+
+/// What one `/command` produced, from its event stream.
+#[derive(Debug, Default)]
+pub struct Execution {
+    pub stdout: Vec<String>,
+    pub stderr: Vec<String>,
+    /// 0 after `execution_complete`, the error event's `evalue` otherwise.
+    pub exit_code: Option<i32>,
+    /// The agent killed the command's process group at its timeout.
+    pub timed_out: bool,
+    /// The exchange itself failed (no answer, not 200): the agent or the proxy is gone.
+    pub failure: Option<String>,
+}
+
+impl Execution {
+    fn parse(text: &str) -> Self {
+        let mut exec = Execution::default();
+        for event in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+            let Ok(event) = event else {
+                exec.failure = Some(format!("unparsable event stream: {text}"));
+                break;
+            };
+            let line = || event["text"].as_str().unwrap_or_default().to_owned();
+            match event["type"].as_str().unwrap_or_default() {
+                "stdout" => exec.stdout.push(line()),
+                "stderr" => exec.stderr.push(line()),
+                "status" if line().contains("timed out") => exec.timed_out = true,
+                "execution_complete" => exec.exit_code = Some(0),
+                "error" => {
+                    exec.exit_code = event["error"]["evalue"]
+                        .as_str()
+                        .and_then(|v| v.parse().ok())
+                }
+                _ => {}
+            }
+        }
+        exec
+    }
+
+    /// The probe's report line, if it printed one.
+    pub fn probe(&self) -> Option<Value> {
+        self.stdout
+            .iter()
+            .filter_map(|line| serde_json::from_str::<Value>(line.trim()).ok())
+            .find(|v| v.get("case").is_some() && v.get("outcome").is_some())
+    }
+
+    /// For failure messages: everything but a flood of output.
+    pub fn describe(&self) -> String {
+        let tail = |lines: &[String]| lines[lines.len().saturating_sub(5)..].join(" | ");
+        format!(
+            "exit code {:?}, timed out {}, failure {:?}, stdout [{}], stderr [{}]",
+            self.exit_code,
+            self.timed_out,
+            self.failure,
+            tail(&self.stdout),
+            tail(&self.stderr)
+        )
+    }
+}
+
+impl Sandbox {
+    fn agent_path(&self, rest: &str) -> String {
+        format!("/sandboxes/{}/port/44772/{rest}", self.id)
+    }
+
+    /// Puts the probe at /workspace/runbox-probe, owned by the workspace's owner (the sandbox
+    /// user on docker and gvisor; native maps the owner to its sandbox user) and 0755.
+    pub fn install_probe(&self, probe: &Path) -> String {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let target = self.workspace.join("runbox-probe");
+        std::fs::copy(probe, &target).expect("copy the probe into the workspace");
+        let owner = std::fs::metadata(&self.workspace).expect("workspace metadata");
+        std::os::unix::fs::chown(&target, Some(owner.uid()), Some(owner.gid()))
+            .expect("chown the probe");
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the probe");
+        "/workspace/runbox-probe".into()
+    }
+
+    /// Runs `command` through the proxy; the agent kills it after `timeout`.
+    pub async fn run(&self, server: &Server, command: &str, timeout: Duration) -> Execution {
+        let body = json!({ "command": command, "timeout": timeout.as_millis() as u64 });
+        let limit = timeout + Duration::from_secs(15);
+        match server
+            .call_within(
+                limit,
+                "POST",
+                &self.agent_path("command"),
+                &[("X-EXECD-ACCESS-TOKEN", self.token.as_str())],
+                Some(body),
+            )
+            .await
+        {
+            Ok(r) if r.status == 200 => Execution::parse(&r.text),
+            Ok(r) => Execution {
+                failure: Some(format!("HTTP {}: {}", r.status, r.text)),
+                ..Execution::default()
+            },
+            Err(e) => Execution {
+                failure: Some(e),
+                ..Execution::default()
+            },
+        }
+    }
+
+    /// The agent's /ping through the proxy: its HTTP status, or why there was none.
+    pub async fn ping(&self, server: &Server) -> Result<u16, String> {
+        server
+            .call_within(
+                Duration::from_secs(10),
+                "GET",
+                &self.agent_path("ping"),
+                &[("X-EXECD-ACCESS-TOKEN", self.token.as_str())],
+                None,
+            )
+            .await
+            .map(|r| r.status)
+    }
+
+    /// Whether the agent answers and starts processes again within `within` (after a bomb).
+    pub async fn answers(&self, server: &Server, within: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            match self.ping(server).await {
+                Ok(200) => {
+                    let exec = self
+                        .run(server, "echo agent-alive", Duration::from_secs(5))
+                        .await;
+                    if exec.stdout.iter().any(|l| l == "agent-alive") {
+                        return Ok(());
+                    }
+                    last = format!(
+                        "/ping answers but a command does not run: {}",
+                        exec.describe()
+                    );
+                }
+                other => last = format!("/ping: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err(last)
+    }
+
+    pub async fn delete(&self, server: &Server) -> Result<(), String> {
+        let r = server
+            .call("DELETE", &format!("/v1/sandboxes/{}", self.id), None)
+            .await;
+        if r.status != 204 {
+            return Err(format!("DELETE answered {}: {}", r.status, r.text));
+        }
+        let state = server
+            .call("GET", &format!("/v1/sandboxes/{}", self.id), None)
+            .await
+            .json()["status"]["state"]
+            .clone();
+        if state != "Terminated" {
+            return Err(format!("after DELETE the sandbox is {state}"));
+        }
+        match self.ping(server).await {
+            Ok(404) => Ok(()),
+            other => Err(format!(
+                "after DELETE the proxy still answers /ping: {other:?}"
+            )),
+        }
+    }
+}
