@@ -215,9 +215,28 @@ impl Runtime for GvisorRuntime {
                 );
             }
         }
+        // Cgroups runsc made and never removed (a runsc killed mid-delete).
+        let cgroups = Path::new("/sys/fs/cgroup");
+        let parents = fs::read_dir(cgroups)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join(CGROUP_PARENT))
+            .chain([cgroups.join(CGROUP_PARENT)]);
+        for parent in parents {
+            if let Ok(entries) = fs::read_dir(parent) {
+                ids.extend(entries.flatten().filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    name.strip_prefix("runbox-").map(str::to_owned)
+                }));
+            }
+        }
         ids.sort();
         ids.dedup();
-        ids.retain(|id| !keep.contains(id) && valid_id(id));
+        // Another runbox on this host (a second server, a test) keeps its own sandboxes.
+        ids.retain(|id| {
+            !keep.contains(id) && valid_id(id) && !owner::held_by_another(&Paths::new(id).bundle)
+        });
         for id in &ids {
             destroy(&runsc, id).await;
         }
@@ -418,6 +437,7 @@ async fn launch(
     let (uid, gid) = sandbox_user(&spec.workspace)
         .map_err(|e| format!("cannot prepare the workspace for the sandbox user: {e}"))?;
     mkdir(&paths.bundle, 0o700)?;
+    owner::record(&paths.bundle)?;
     mkdir(&paths.sockets, 0o700)?;
     // The agent (uid inside = uid on the host, through the gofer) binds its socket here.
     std::os::unix::fs::chown(&paths.sockets, Some(uid), Some(gid)).map_err(|e| {
@@ -536,11 +556,6 @@ async fn destroy(runsc: &Runsc, id: &str) {
     let _ = runsc.output(&["kill", "--all", &name, "KILL"]).await;
     let _ = runsc.output(&["delete", "--force", &name]).await;
     let paths = Paths::new(id);
-    let _ = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&paths.bundle)
-        .arg(format!("/tmp/gvlogs/{id}"))
-        .status(); // DEBUG-TEMP
     let _ = fs::remove_dir_all(&paths.bundle);
     let _ = fs::remove_dir_all(&paths.sockets);
     remove_cgroups(id);
@@ -977,20 +992,26 @@ mod supervise {
         use std::os::unix::process::ExitStatusExt;
         let (status, detail) = if shared.killed.load(Ordering::SeqCst) {
             ("killed", "killed by runbox".to_owned())
-        } else if let Some(panic) = sentry_panic(logs) {
+        } else if let Some(panic) = first_line(logs, ".boot.", |l| {
+            l.starts_with("panic: ") || l.starts_with("fatal error: ")
+        }) {
             ("crashed", format!("the gVisor sentry panicked: {panic}"))
+        } else if first_line(logs, ".run.", |l| l.contains(SENTRY_GONE)).is_some() {
+            // The sentry itself died, not the agent in it: nothing in the sandbox can do
+            // that, and the host's memory cgroup does exactly that past the limit (gVisor
+            // has no OOM killer of its own).
+            (
+                "oom",
+                format!("the host killed the gVisor sentry, as its memory cgroup does past the memory limit ({memory_bytes} bytes)"),
+            )
         } else {
             match status {
                 Err(e) => ("unknown", format!("cannot wait for runsc: {e}")),
                 Ok(s) => match (s.code(), s.signal()) {
                     (Some(0), _) => ("exited", "the agent exited with code 0".to_owned()),
-                    // The agent is PID 1: nothing in the sandbox can SIGKILL it, and the
-                    // sentry has no OOM killer. Only the host kills it this way, and the
-                    // host's memory cgroup does exactly that when the sandbox outgrows it.
-                    (Some(137), _) => (
-                        "oom",
-                        format!("the host SIGKILLed the sandbox, which is what its memory cgroup does past the memory limit ({memory_bytes} bytes)"),
-                    ),
+                    // runsc's own failures (it exits 128 after logging the error).
+                    (Some(128), _) => ("failed", format!("runsc failed: {}", tail_text(shared))),
+                    // gVisor lets code in the sandbox signal PID 1 (Linux would not).
                     (Some(c), _) if c > 128 => (
                         "signaled",
                         format!("the agent was killed by signal {}", c - 128),
@@ -999,10 +1020,7 @@ mod supervise {
                         "exited",
                         format!("the agent exited with code {c}: {}", tail_text(shared)),
                     ),
-                    (None, Some(sig)) => (
-                        "signaled",
-                        format!("runsc was killed by signal {sig}"),
-                    ),
+                    (None, Some(sig)) => ("signaled", format!("runsc was killed by signal {sig}")),
                     (None, None) => ("unknown", s.to_string()),
                 },
             }
@@ -1013,18 +1031,21 @@ mod supervise {
         }
     }
 
-    /// The first panic line in the sentry's log (runsc writes `*.boot.txt` there).
-    fn sentry_panic(logs: &Path) -> Option<String> {
-        let entries = fs::read_dir(logs).ok()?;
-        for entry in entries.flatten() {
-            if !entry.file_name().to_string_lossy().contains(".boot.") {
+    /// What `runsc run` logs when its sandbox process (the sentry) is gone, rather than
+    /// the container's process having exited.
+    const SENTRY_GONE: &str = "Will try waiting on the sandbox process instead";
+
+    /// The first line of runsc's log of kind `kind` (`.boot.`: the sentry, `.run.`: runsc
+    /// run) that `wanted` picks.
+    fn first_line(logs: &Path, kind: &str, wanted: impl Fn(&str) -> bool) -> Option<String> {
+        for entry in fs::read_dir(logs).ok()?.flatten() {
+            if !entry.file_name().to_string_lossy().contains(kind) {
                 continue;
             }
-            let text = fs::read_to_string(entry.path()).ok()?;
-            if let Some(line) = text
-                .lines()
-                .find(|l| l.starts_with("panic: ") || l.starts_with("fatal error: "))
-            {
+            let Ok(text) = fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            if let Some(line) = text.lines().find(|l| wanted(l)) {
                 return Some(line.to_owned());
             }
         }
@@ -1033,6 +1054,51 @@ mod supervise {
 }
 
 use supervise::Supervisor;
+
+/// Which runbox process started a sandbox, so `sweep` leaves the sandboxes of another live
+/// one alone: `<pid> <start time>` in the bundle, the start time (clock ticks after boot,
+/// from /proc/<pid>/stat) telling a live owner from a reused pid.
+mod owner {
+    use super::*;
+
+    const FILE: &str = "owner";
+    /// A bundle without an owner file this young is a start in progress (the file is the
+    /// first thing written).
+    const GRACE: Duration = Duration::from_secs(60);
+
+    fn start_time(pid: u32) -> Option<u64> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Field 22; the fields after the `(comm)` start at field 3.
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(19)?
+            .parse()
+            .ok()
+    }
+
+    pub(super) fn record(bundle: &Path) -> Result<(), String> {
+        let me = std::process::id();
+        let started = start_time(me).unwrap_or_default();
+        write(&bundle.join(FILE), format!("{me} {started}\n").as_bytes())
+    }
+
+    pub(super) fn held_by_another(bundle: &Path) -> bool {
+        let Ok(text) = fs::read_to_string(bundle.join(FILE)) else {
+            return fs::metadata(bundle)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < GRACE));
+        };
+        let mut words = text.split_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(pid)), Some(Ok(started))) = (words.next(), words.next()) else {
+            return false;
+        };
+        let Ok(pid) = u32::try_from(pid) else {
+            return false;
+        };
+        pid != std::process::id() && start_time(pid) == Some(started)
+    }
+}
 
 #[cfg(test)]
 mod tests {

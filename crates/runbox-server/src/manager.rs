@@ -742,6 +742,9 @@ impl Manager {
     pub async fn fill_pools(self: Arc<Self>) {
         let closing = || self.closing.load(std::sync::atomic::Ordering::SeqCst);
         loop {
+            // A pool whose start failed is retried after a pause, not when something is
+            // taken: an empty pool gets no takes. The other pools are filled meanwhile.
+            let mut failed = false;
             for pool in &self.pools {
                 while pool.ready.lock().unwrap_or_else(|p| p.into_inner()).len() < pool.config.size
                 {
@@ -767,14 +770,13 @@ impl Manager {
                                 .unwrap_or_else(|p| p.into_inner())
                                 .push(ready);
                         }
-                        // Try again in a while (the backend may come back); never wait for a
-                        // take that an empty pool cannot get.
                         Err(e) => {
                             eprintln!(
                                 "runbox: warm pool for {} on {}: {e}; retrying in 5 s",
                                 pool.spec.image, pool.spec.runtime
                             );
-                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            failed = true;
+                            break;
                         }
                     }
                 }
@@ -782,7 +784,12 @@ impl Manager {
             if closing() {
                 return;
             }
-            self.pool_changed.notified().await;
+            if failed {
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.pool_changed.notified())
+                    .await;
+            } else {
+                self.pool_changed.notified().await;
+            }
         }
     }
 

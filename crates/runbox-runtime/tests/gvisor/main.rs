@@ -489,25 +489,33 @@ fn sweep_removes_what_a_dead_server_left() {
         let id = spec.id.clone();
         let sb = start(&rt, spec).await;
         drop(sb); // the server "died": nobody kills it
-                  // A bundle whose sandbox never started (the server died in between).
+                  // A bundle whose sandbox never started: its server died in between.
         let stray = format!("gvt-stray-{}", random_hex(4));
-        std::fs::create_dir_all(Path::new("/run/runbox/runsc-bundles").join(&stray))
-            .expect("stray bundle");
-        // Keep whatever else runs on this host (another runbox); only ours may go.
-        let mut keep: HashSet<String> = runsc_ids()
-            .iter()
-            .filter_map(|n| n.strip_prefix("runbox-").map(str::to_owned))
-            .collect();
-        keep.remove(&id);
-        let swept = rt.sweep(&keep).await.expect("sweep");
+        let bundle = Path::new("/run/runbox/runsc-bundles").join(&stray);
+        std::fs::create_dir_all(&bundle).expect("stray bundle");
+        std::fs::write(bundle.join("owner"), "4194304999 1\n").expect("a dead owner");
+        // A bundle of another live runbox (here: pid 1) stays.
+        let other = format!("gvt-other-{}", random_hex(4));
+        let other_bundle = Path::new("/run/runbox/runsc-bundles").join(&other);
+        std::fs::create_dir_all(&other_bundle).expect("other bundle");
+        let init_started = std::fs::read_to_string("/proc/1/stat").expect("/proc/1/stat");
+        let init_started = init_started
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+            .expect("start time")
+            .to_owned();
+        std::fs::write(other_bundle.join("owner"), format!("1 {init_started}\n"))
+            .expect("a live owner");
+        let swept = rt.sweep(&HashSet::new()).await.expect("sweep");
+        assert!(!swept.contains(&other), "{swept:?}");
+        assert!(other_bundle.is_dir());
+        std::fs::remove_dir_all(&other_bundle).expect("remove the other bundle");
         assert!(swept.contains(&id), "{swept:?}");
         assert!(swept.contains(&stray), "{swept:?}");
         assert_eq!(leftovers(&id), Vec::<String>::new());
         assert_eq!(leftovers(&stray), Vec::<String>::new());
-        assert_eq!(
-            rt.sweep(&keep).await.expect("sweep again"),
-            Vec::<String>::new()
-        );
+        let again = rt.sweep(&HashSet::new()).await.expect("sweep again");
+        assert!(!again.contains(&id) && !again.contains(&stray), "{again:?}");
     });
 }
 
