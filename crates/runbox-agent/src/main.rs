@@ -91,6 +91,11 @@ fn inherited(fd: i32) -> Result<OwnedFd, String> {
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     rustix::io::fcntl_getfd(&owned)
         .map_err(|_| format!("file descriptor {fd} was not passed to the agent"))?;
+    // The host passes it without close-on-exec (it has to survive our exec); every process we
+    // start must not get it: with the listening socket, code could accept the host's
+    // requests (token included) and answer in our place.
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
+        .map_err(|e| format!("cannot mark descriptor {fd} close-on-exec: {e}"))?;
     Ok(owned)
 }
 
@@ -168,6 +173,7 @@ fn main() -> ExitCode {
             .start_reaper()
             .map_err(|e| format!("cannot watch SIGCHLD: {e}"))?;
         tokio::spawn(jupyter_port());
+        survive_signals()?;
         let listener =
             tokio::net::UnixListener::from_std(std_listener).map_err(|e| e.to_string())?;
         axum::serve(listener, app(state))
@@ -181,6 +187,28 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Catches (and ignores) the terminating signals sandbox code could send us. On the native
+/// backend the kernel already drops them (we are PID 1 of a pid namespace and had no handler
+/// for them); gVisor's Sentry does not give its init that protection, so without handlers
+/// `kill -TERM 1` from the code would end the sandbox. Handlers, unlike SIG_IGN, are reset in
+/// the processes we start. SIGKILL cannot be caught (see docs/threat-model.md).
+fn survive_signals() -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    for kind in [
+        SignalKind::hangup(),
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::quit(),
+        SignalKind::user_defined1(),
+        SignalKind::user_defined2(),
+        SignalKind::alarm(),
+    ] {
+        let mut stream = signal(kind).map_err(|e| format!("cannot handle {kind:?}: {e}"))?;
+        tokio::spawn(async move { while stream.recv().await.is_some() {} });
+    }
+    Ok(())
 }
 
 /// The official CodeInterpreter checks that something listens on 44771 inside the sandbox

@@ -17,6 +17,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use hyper_util::rt::TokioIo;
 use runbox_proto::execd::ErrorResponse;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::error::ApiError;
@@ -46,7 +47,7 @@ async fn open(Path(port): Path<u16>, mut req: Request) -> Response {
         return ApiError::bad_request("this connection cannot be upgraded (HTTP/1.1 only)")
             .into_response();
     };
-    let mut target = match TcpStream::connect(("127.0.0.1", port)).await {
+    let target = match TcpStream::connect(("127.0.0.1", port)).await {
         Ok(s) => s,
         Err(e) => return bad_gateway(port, &e),
     };
@@ -56,9 +57,7 @@ async fn open(Path(port): Path<u16>, mut req: Request) -> Response {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let mut client = TokioIo::new(upgraded);
-        // Either side closing ends the tunnel; errors are just the end of the stream.
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut target).await;
+        splice(TokioIo::new(upgraded), target).await;
     });
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -76,4 +75,27 @@ fn bad_gateway(port: u16, e: &std::io::Error) -> Response {
         message: format!("cannot connect to 127.0.0.1:{port} in the sandbox: {e}"),
     };
     (StatusCode::BAD_GATEWAY, Json(body)).into_response()
+}
+
+/// Copies both ways. The client's end of stream is passed on as a half-close (the service
+/// may still answer); the service's end of stream ends the whole tunnel with a full close,
+/// since runsc (0.0~20221219) does not reliably pass a half-close on the agent's host socket
+/// to the host. Errors are just the end of the stream.
+async fn splice(client: TokioIo<hyper::upgrade::Upgraded>, target: TcpStream) {
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut target_read, mut target_write) = target.into_split();
+    let upstream = async {
+        let _ = tokio::io::copy(&mut client_read, &mut target_write).await;
+        let _ = target_write.shutdown().await;
+        // Done one way; the tunnel lasts until the service is done too.
+        std::future::pending::<()>().await
+    };
+    let downstream = async {
+        let _ = tokio::io::copy(&mut target_read, &mut client_write).await;
+        let _ = client_write.shutdown().await;
+    };
+    tokio::select! {
+        () = upstream => {}
+        () = downstream => {}
+    }
 }

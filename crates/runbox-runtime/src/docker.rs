@@ -356,8 +356,12 @@ fn container_config(
         ])),
         readonly_rootfs: Some(true),
         cap_drop: Some(vec!["ALL".into()]),
-        // Only no-new-privileges: leaving seccomp unset keeps the engine's default profile.
-        security_opt: Some(vec!["no-new-privileges".into()]),
+        // Our profile, not the engine's default: Docker 20.10's default allows ptrace,
+        // io_uring and modify_ldt (see seccomp_profile.rs).
+        security_opt: Some(vec![
+            "no-new-privileges".into(),
+            format!("seccomp={}", crate::seccomp_profile::profile()),
+        ]),
         privileged: Some(false),
         network_mode: Some("none".into()),
         ipc_mode: Some("private".into()),
@@ -717,6 +721,13 @@ fn isolation_report(c: &ContainerInspectResponse, spec: &StartSpec, pid: i32) ->
         .find_map(|o| {
             o.strip_prefix("seccomp")
                 .map(|p| p.trim_start_matches(['=', ':']))
+        })
+        .map(|p| {
+            if serde_json::from_str::<serde_json::Value>(p).ok() == Some(crate::seccomp_profile::profile()) {
+                "runbox (the jail's deny-list)"
+            } else {
+                "custom"
+            }
         })
         .unwrap_or("engine default");
     let seccomp_mode = match field("Seccomp").as_deref() {
@@ -1181,7 +1192,9 @@ mod tests {
         let h = c.host_config.clone().unwrap_or_default();
         assert_eq!(h.cap_drop, Some(vec!["ALL".to_owned()]));
         assert_eq!(h.cap_add, None);
-        assert_eq!(h.security_opt, Some(vec!["no-new-privileges".to_owned()]));
+        let opts = h.security_opt.clone().unwrap_or_default();
+        assert_eq!(opts[0], "no-new-privileges");
+        assert!(opts[1].starts_with("seccomp={"), "{}", opts[1]);
         assert_eq!(h.readonly_rootfs, Some(true));
         assert_eq!(h.privileged, Some(false));
         assert_eq!(h.network_mode.as_deref(), Some("none"));

@@ -9,6 +9,7 @@ pub mod docker;
 pub mod gvisor;
 pub mod native;
 pub mod runtime;
+pub mod seccomp_profile;
 pub mod spawner;
 
 pub use client::{AgentClient, Body, ClientError, Response};

@@ -13,6 +13,8 @@ use runbox_proto::execd::{Event, EventKind};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+mod tunnel;
+
 mod shell_free;
 
 const TOKEN: &str = "test-token-0123456789";

@@ -291,9 +291,13 @@ async fn docker_inspect_shows_the_hardening() {
     let h = &c["HostConfig"];
     assert_eq!(h["CapDrop"], json!(["ALL"]));
     assert!(h["CapAdd"].is_null(), "{}", h["CapAdd"]);
-    // no-new-privileges and nothing else: no seccomp=unconfined, so the engine's default
-    // profile applies.
-    assert_eq!(h["SecurityOpt"], json!(["no-new-privileges"]));
+    // no-new-privileges and runbox's own seccomp profile (the jail's deny-list; stricter
+    // than the engine's default on ptrace, io_uring and modify_ldt).
+    assert_eq!(h["SecurityOpt"][0], json!("no-new-privileges"));
+    let profile = h["SecurityOpt"][1].as_str().expect("seccomp option");
+    let profile: Value = serde_json::from_str(profile.strip_prefix("seccomp=").expect("seccomp=")).expect("json");
+    assert_eq!(profile, runbox_runtime::seccomp_profile::profile());
+    assert_eq!(h["SecurityOpt"].as_array().map(Vec::len), Some(2));
     assert_eq!(h["ReadonlyRootfs"], json!(true));
     assert_eq!(h["Privileged"], json!(false));
     assert_eq!(h["NetworkMode"], json!("none"));
@@ -380,7 +384,7 @@ async fn docker_inspect_shows_the_hardening() {
     assert_eq!(e["no_new_privileges"], true);
     assert_eq!(
         e["seccomp"],
-        json!({"mode": "filter", "profile": "engine default"})
+        json!({"mode": "filter", "profile": "runbox (the jail's deny-list)"})
     );
     assert_eq!(e["readonly_rootfs"], true);
     assert_eq!(e["user"], "1000:1000");
@@ -645,12 +649,24 @@ async fn sweep_removes_leftovers_and_keeps_the_rest() {
     drop(left.start(&rt, left.spec()).await);
     let orphan_dir = socket_dir(&format!("test-sweep-orphan-{}", random_hex(4)));
     std::fs::create_dir_all(&orphan_dir).expect("orphan dir");
+    // Orphans are removed once no start can still be using them (older than 10 minutes);
+    // a fresh one may belong to a start in progress elsewhere and is kept.
+    let fresh_orphan = socket_dir(&format!("test-sweep-fresh-{}", random_hex(4)));
+    std::fs::create_dir_all(&fresh_orphan).expect("fresh orphan dir");
+    let aged = std::process::Command::new("touch")
+        .args(["-d", "1 hour ago"])
+        .arg(&orphan_dir)
+        .status()
+        .expect("touch");
+    assert!(aged.success());
     let mut keep = managed_sandboxes();
     assert!(keep.remove(&left.id));
     let removed = rt.sweep(&keep).await.expect("sweep");
     assert_eq!(removed, std::slice::from_ref(&left.id));
     left.assert_gone();
     assert!(!orphan_dir.exists(), "orphan socket directory kept");
+    assert!(fresh_orphan.exists(), "a fresh socket directory was removed");
+    let _ = std::fs::remove_dir_all(&fresh_orphan);
     assert_eq!(
         containers_of(&kept.id).len(),
         1,

@@ -55,12 +55,20 @@ pub fn dropped_and_filtered(data: &Value) -> Result<(), String> {
     expect(problems.is_empty(), || problems.join(", "))
 }
 
-/// gVisor: every capability set empty and no_new_privs set; the sandbox's own seccomp state
-/// is the Sentry's emulation (code installed no filter, so mode 0): the Sentry's own host
-/// filter is what confines it, and the host checks that (runsc), not this probe.
+/// gVisor: the capability sets the Sentry reports (it has no CapAmb line) are empty, and
+/// no_new_privs, if reported, is set. The Sentry reports no NoNewPrivs line and seccomp mode
+/// 0 (code installed no filter of its own); the Sentry's host-side filter is runsc's, and
+/// `noNewPrivileges` is in the bundle (the isolation report shows it).
 pub fn dropped_in_sentry(data: &Value) -> Result<(), String> {
-    let mut problems = no_capabilities(data);
-    if data["NoNewPrivs"] != "1" {
+    let mut problems: Vec<String> = ["CapInh", "CapPrm", "CapEff", "CapBnd"]
+        .iter()
+        .filter(|set| hex(data, set) != Some(0))
+        .map(|set| format!("{set} is {}", data[*set]))
+        .collect();
+    if !(data["CapAmb"].is_null() || hex(data, "CapAmb") == Some(0)) {
+        problems.push(format!("CapAmb is {}", data["CapAmb"]));
+    }
+    if !(data["NoNewPrivs"].is_null() || data["NoNewPrivs"] == "1") {
         problems.push(format!("NoNewPrivs is {}", data["NoNewPrivs"]));
     }
     expect(problems.is_empty(), || problems.join(", "))
@@ -101,7 +109,7 @@ pub fn only_stdio(data: &Value) -> Result<(), String> {
         .collect();
     expect(open == [0, 1, 2], || {
         format!(
-            "expected only 0, 1, 2 open, got {open:?}: {}",
+            "FINDING: descriptors inherited by sandbox code: expected only 0, 1, 2 open, got {open:?}: {}",
             data["targets"]
         )
     })

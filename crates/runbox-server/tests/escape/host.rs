@@ -269,19 +269,83 @@ pub fn leftovers() -> (bool, String) {
     (out.status.success(), text.trim().to_owned())
 }
 
-/// Words of a failing leftovers.sh report that were not in the report from before the test
-/// (container names, runsc ids, paths, pids): what this test left, whoever else shares the
-/// host.
-pub fn new_leftovers(before: &(bool, String), after: &(bool, String)) -> BTreeSet<String> {
-    if after.0 {
-        return BTreeSet::new();
+/// The items of a leftovers.sh report: the first word of each reported line, without its
+/// heading ("leftovers: runsc sandboxes: runbox-x" -> "runbox-x"; a continuation line such
+/// as a cgroup path -> itself). Container status text is dropped so that it compares.
+fn items(report: &str) -> BTreeSet<String> {
+    report
+        .lines()
+        .filter_map(|line| {
+            let rest = match line.strip_prefix("leftovers: ") {
+                Some(rest) => rest.split_once(": ")?.1,
+                None => line,
+            };
+            rest.split_whitespace().next().map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Whether runsc sandbox `id` was started by a live process other than this one (its
+/// bundle's owner file holds that process's pid and start time): another test on this host.
+fn held_by_another_process(id: &str) -> bool {
+    let owner = Path::new(runbox_runtime::gvisor::BUNDLES)
+        .join(id)
+        .join("owner");
+    let Ok(text) = std::fs::read_to_string(owner) else {
+        return false;
+    };
+    let mut words = text.split_whitespace();
+    let (Some(pid), Some(started)) = (words.next(), words.next()) else {
+        return false;
+    };
+    let alive_since = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let fields = stat.rsplit_once(')')?.1.to_owned();
+            fields.split_whitespace().nth(19).map(str::to_owned)
+        });
+    pid != std::process::id().to_string() && alive_since.as_deref() == Some(started)
+}
+
+/// A leftovers.sh item that belongs to another live test: its runsc sandbox, or a
+/// `runbox-gvisor` cgroup parent that holds only such sandboxes.
+fn belongs_to_another_test(item: &str) -> bool {
+    if let Some(id) = item.strip_prefix("runbox-") {
+        return held_by_another_process(id);
     }
-    let words =
-        |text: &str| -> BTreeSet<String> { text.split_whitespace().map(str::to_owned).collect() };
+    if item.ends_with("/runbox-gvisor") {
+        let children: Vec<String> = std::fs::read_dir(item)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        return !children.is_empty()
+            && children.iter().all(|c| {
+                c.strip_prefix("runbox-")
+                    .is_some_and(held_by_another_process)
+            });
+    }
+    false
+}
+
+/// What a failing leftovers.sh report after the test holds that its report from before the
+/// test did not: (items not explained by another test, items of another live test).
+pub fn new_leftovers(
+    before: &(bool, String),
+    after: &(bool, String),
+) -> (Vec<String>, Vec<String>) {
+    if after.0 {
+        return (Vec::new(), Vec::new());
+    }
     let old = if before.0 {
         BTreeSet::new()
     } else {
-        words(&before.1)
+        items(&before.1)
     };
-    words(&after.1).difference(&old).cloned().collect()
+    items(&after.1)
+        .difference(&old)
+        .cloned()
+        .partition(|item| !belongs_to_another_test(item))
 }

@@ -358,29 +358,62 @@ impl Sandbox {
             .map(|r| r.status)
     }
 
-    /// Whether the agent answers and starts processes again within `within` (after a bomb).
-    pub async fn answers(&self, server: &Server, within: Duration) -> Result<(), String> {
+    /// Whether, within `within`, the agent answers, starts processes again, and every process
+    /// a bomb left is gone (killed and reaped: zombies still count against the pids limit).
+    /// A process without a command line is one that is dying or dead and not yet reaped.
+    pub async fn recovered(
+        &self,
+        server: &Server,
+        probe: &str,
+        within: Duration,
+    ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + within;
         let mut last = String::new();
         while tokio::time::Instant::now() < deadline {
             match self.ping(server).await {
                 Ok(200) => {
-                    let exec = self
-                        .run(server, "echo agent-alive", Duration::from_secs(5))
-                        .await;
-                    if exec.stdout.iter().any(|l| l == "agent-alive") {
-                        return Ok(());
+                    let command = format!("{probe} list-procs rbp-no-marker RBP_UNSET");
+                    let exec = self.run(server, &command, Duration::from_secs(5)).await;
+                    match exec.probe() {
+                        Some(line) if line["outcome"] == "ok" => {
+                            let dying: Vec<&String> = line["data"]["cmdlines"]
+                                .as_object()
+                                .map(|m| {
+                                    m.iter().filter(|(_, c)| c == &"").map(|(p, _)| p).collect()
+                                })
+                                .unwrap_or_default();
+                            if dying.is_empty() {
+                                return Ok(());
+                            }
+                            last =
+                                format!("{} processes dying or unreaped: {dying:?}", dying.len());
+                        }
+                        _ => {
+                            last = format!(
+                                "/ping answers but the probe does not run: {}",
+                                exec.describe()
+                            )
+                        }
                     }
-                    last = format!(
-                        "/ping answers but a command does not run: {}",
-                        exec.describe()
-                    );
                 }
+                Ok(404) => return Err("the sandbox is gone (the proxy answers 404)".into()),
                 other => last = format!("/ping: {other:?}"),
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Err(last)
+    }
+
+    /// The lifecycle state and its message ("Running", "Failed: the agent exited ...").
+    pub async fn state(&self, server: &Server) -> String {
+        let v = server
+            .call("GET", &format!("/v1/sandboxes/{}", self.id), None)
+            .await
+            .json();
+        match v["status"]["message"].as_str() {
+            Some(message) => format!("{}: {message}", v["status"]["state"]),
+            None => v["status"]["state"].to_string(),
+        }
     }
 
     pub async fn delete(&self, server: &Server) -> Result<(), String> {

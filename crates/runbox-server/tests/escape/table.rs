@@ -113,326 +113,178 @@ pub const CASES: &[Case] = &[
 
 type Row = (&'static str, Expect, &'static str);
 
-/// The jail's table (crates/runbox-probe/tests/escape), seen through the agent: the same
-/// seccomp filter, landlock ruleset and namespaces confine the agent and what it runs.
-pub const NATIVE: &[Row] = &[
-    (
-        "read-shadow",
-        Denied("ENOENT"),
-        "generated /etc without shadow",
-    ),
-    ("read-kmsg", Denied("ENOENT"), "minimal /dev"),
-    (
-        "write-etc-passwd",
-        Denied("EEXIST"),
-        "O_EXCL on the generated passwd; the write test is open-write",
-    ),
-    (
-        "open-write-etc-passwd",
-        Denied("EROFS"),
-        "generated /etc bound read-only",
-    ),
-    (
-        "write-usr-bin",
-        Denied("EROFS"),
-        "host /usr bound read-only",
-    ),
-    (
-        "write-root",
-        Denied("EROFS"),
-        "read-only root after pivot_root",
-    ),
-    (
-        "open-write-core-pattern",
-        Denied("EACCES"),
-        "owned by the unmapped host root",
-    ),
-    (
-        "write-workspace",
-        Allowed,
-        "the workspace is the sandbox's to write",
-    ),
-    ("write-tmp", Allowed, "/tmp is the sandbox's tmpfs"),
-    ("mount", Denied("EPERM"), "seccomp"),
-    ("chroot-escape", Denied("EPERM"), "seccomp"),
-    ("name-to-handle-at", Denied("EPERM"), "seccomp"),
-    ("open-by-handle-at", Denied("EPERM"), "seccomp"),
-    ("unshare-user", Denied("EPERM"), "seccomp"),
-    ("unshare-net", Denied("EPERM"), "seccomp"),
-    ("unshare-mount", Denied("EPERM"), "seccomp"),
-    ("setns", Denied("EPERM"), "seccomp"),
-    ("clone-newuser", Denied("EPERM"), "seccomp"),
-    ("ptrace-child", Denied("EPERM"), "seccomp"),
-    ("ptrace-traceme", Denied("EPERM"), "seccomp"),
-    ("ptrace-parent", Denied("EPERM"), "seccomp"),
-    ("process-vm-readv", Denied("EPERM"), "seccomp"),
-    ("kill-host-process", Denied("ESRCH"), "own pid namespace"),
-    (
-        "kill-0-pid-1",
-        Allowed,
-        "signal 0 to the agent (same uid) only checks it exists",
-    ),
-    ("bpf", Denied("EPERM"), "seccomp"),
-    ("perf-event-open", Denied("EPERM"), "seccomp"),
-    ("io-uring-setup", Denied("EPERM"), "seccomp"),
-    ("keyctl", Denied("EPERM"), "seccomp"),
-    ("userfaultfd", Denied("EPERM"), "seccomp"),
-    ("kexec-load", Denied("EPERM"), "seccomp"),
-    ("init-module", Denied("EPERM"), "seccomp"),
-    ("reboot", Denied("EPERM"), "seccomp"),
-    ("swapon", Denied("EPERM"), "seccomp"),
-    ("acct", Denied("EPERM"), "seccomp"),
-    ("settimeofday", Denied("EPERM"), "seccomp"),
-    ("clock-settime", Denied("EPERM"), "seccomp"),
-    ("syslog", Denied("EPERM"), "seccomp"),
-    ("iopl", Denied("EPERM"), "seccomp"),
-    ("ioperm", Denied("EPERM"), "seccomp"),
-    ("modify-ldt", Denied("EPERM"), "seccomp"),
-    ("raw-socket", Denied("EPERM"), "seccomp"),
-    ("packet-socket", Denied("EPERM"), "seccomp"),
-    (
-        "connect-internet",
-        Denied("ENETUNREACH"),
-        "own network namespace: lo only, no route",
-    ),
-    (
-        "connect-host-listener-via-loopback",
-        Denied("ECONNREFUSED"),
-        "the sandbox's own lo",
-    ),
-    (
-        "connect-host-listener-via-host-address",
-        Denied("ENETUNREACH"),
-        "no route out of the namespace",
-    ),
-    (
-        "netifs",
-        Data(checks::only_loopback),
-        "own network namespace",
-    ),
-    (
-        "caps",
-        Data(checks::dropped_and_filtered),
-        "no caps, no_new_privs, seccomp filter",
-    ),
-    ("ids", Data(checks::user_1000), "user 1000 inside"),
-    (
-        "hostname",
-        Data(checks::hostname_runbox),
-        "own UTS namespace",
-    ),
-    (
-        "fds",
-        Data(checks::only_stdio),
-        "every fd above 2 is close-on-exec",
-    ),
-];
+/// `"case" => expectation, "why";` rows (a macro so that each row stays one line).
+macro_rules! rows {
+    ($($case:literal => $expect:expr, $why:literal;)*) => { &[$(($case, $expect, $why)),*] };
+}
 
-pub const DOCKER: &[Row] = &[
-    (
-        "read-shadow",
-        Denied("EACCES"),
-        "the image's shadow is root-only 0640; uid 1000",
-    ),
-    (
-        "read-kmsg",
-        Denied("ENOENT"),
-        "the engine's /dev has no kmsg",
-    ),
-    (
-        "write-etc-passwd",
-        Denied("EEXIST"),
-        "O_EXCL on the image's passwd; the write test is open-write",
-    ),
-    (
-        "open-write-etc-passwd",
-        Denied("EACCES"),
-        "root-owned 0644 file, uid 1000",
-    ),
-    (
-        "write-usr-bin",
-        Denied("EACCES"),
-        "root-owned /usr/bin, uid 1000",
-    ),
-    ("write-root", Denied("EACCES"), "root-owned /, uid 1000"),
-    (
-        "open-write-core-pattern",
-        Denied("EACCES"),
-        "root-owned, uid 1000",
-    ),
-    (
-        "write-workspace",
-        Allowed,
-        "the workspace is the sandbox's to write",
-    ),
-    ("write-tmp", Allowed, "/tmp is the container's tmpfs"),
-    (
-        "mount",
-        Denied("EPERM"),
-        "default seccomp profile: mount needs CAP_SYS_ADMIN",
-    ),
-    (
-        "chroot-escape",
-        Denied("EPERM"),
-        "default profile: chroot needs CAP_SYS_CHROOT",
-    ),
-    ("name-to-handle-at", Denied("EPERM"), "default profile"),
-    (
-        "open-by-handle-at",
-        Denied("EPERM"),
-        "default profile (the shocker breakout)",
-    ),
-    (
-        "unshare-user",
-        Denied("EPERM"),
-        "default profile: CLONE_NEWUSER needs CAP_SYS_ADMIN",
-    ),
-    ("unshare-net", Denied("EPERM"), "default profile"),
-    ("unshare-mount", Denied("EPERM"), "default profile"),
-    ("setns", Denied("EPERM"), "default profile"),
-    (
-        "clone-newuser",
-        Denied("EPERM"),
-        "default profile: clone flags checked",
-    ),
-    ("ptrace-child", Denied("EPERM"), "?"),
-    ("ptrace-traceme", Denied("EPERM"), "?"),
-    (
-        "ptrace-parent",
-        Denied("EPERM"),
-        "the agent is non-dumpable",
-    ),
-    ("process-vm-readv", Denied("EPERM"), "?"),
-    ("kill-host-process", Denied("ESRCH"), "own pid namespace"),
-    (
-        "kill-0-pid-1",
-        Allowed,
-        "signal 0 to the agent (same uid) only checks it exists",
-    ),
-    ("bpf", Denied("EPERM"), "default profile"),
-    ("perf-event-open", Denied("EPERM"), "default profile"),
-    ("io-uring-setup", Denied("EPERM"), "?"),
-    ("keyctl", Denied("EPERM"), "default profile"),
-    ("userfaultfd", Denied("EPERM"), "default profile"),
-    ("kexec-load", Denied("EPERM"), "default profile"),
-    ("init-module", Denied("EPERM"), "default profile"),
-    ("reboot", Denied("EPERM"), "default profile"),
-    ("swapon", Denied("EPERM"), "default profile"),
-    ("acct", Denied("EPERM"), "default profile"),
-    ("settimeofday", Denied("EPERM"), "default profile"),
-    ("clock-settime", Denied("EPERM"), "default profile"),
-    ("syslog", Denied("EPERM"), "default profile"),
-    ("iopl", Denied("EPERM"), "default profile"),
-    ("ioperm", Denied("EPERM"), "default profile"),
-    ("modify-ldt", Denied("EPERM"), "default profile"),
-    ("raw-socket", Denied("EPERM"), "CapDrop ALL: no CAP_NET_RAW"),
-    (
-        "packet-socket",
-        Denied("EPERM"),
-        "CapDrop ALL: no CAP_NET_RAW",
-    ),
-    (
-        "connect-internet",
-        Denied("ENETUNREACH"),
-        "NetworkMode none: lo only",
-    ),
-    (
-        "connect-host-listener-via-loopback",
-        Denied("ECONNREFUSED"),
-        "the container's own lo",
-    ),
-    (
-        "connect-host-listener-via-host-address",
-        Denied("ENETUNREACH"),
-        "NetworkMode none: no route",
-    ),
-    ("netifs", Data(checks::only_loopback), "NetworkMode none"),
-    (
-        "caps",
-        Data(checks::dropped_and_filtered),
-        "CapDrop ALL, no-new-privileges, default seccomp",
-    ),
-    ("ids", Data(checks::user_1000), "User 1000:1000"),
-    (
-        "hostname",
-        Data(checks::hostname_runbox),
-        "the container's hostname",
-    ),
-    (
-        "fds",
-        Data(checks::only_stdio),
-        "the agent passes only stdio",
-    ),
-];
+/// The jail's table (crates/runbox-probe/tests/escape) seen through the agent: the agent and
+/// every command it runs are under the same seccomp filter, landlock ruleset and namespaces.
+#[rustfmt::skip]
+pub const NATIVE: &[Row] = rows! {
+    "read-shadow" => Denied("ENOENT"), "the generated /etc has no shadow";
+    "read-kmsg" => Denied("ENOENT"), "minimal /dev: no kmsg node";
+    "write-etc-passwd" => Denied("EEXIST"), "O_CREAT|O_EXCL on the existing generated passwd (open-write is the write test)";
+    "open-write-etc-passwd" => Denied("EACCES"), "passwd is namespace root's 0644: the DAC check precedes the ro bind's EROFS";
+    "write-usr-bin" => Denied("EROFS"), "/usr bound read-only (a new name fails on the mount first)";
+    "write-root" => Denied("EROFS"), "the root is read-only after pivot_root";
+    "open-write-core-pattern" => Denied("EACCES"), "owned by the unmapped host root (the DAC check precedes the ro mount's)";
+    "write-workspace" => Allowed, "the workspace is the sandbox's to write";
+    "write-tmp" => Allowed, "/tmp is the sandbox's tmpfs";
+    "mount" => Denied("EPERM"), "seccomp";
+    "chroot-escape" => Denied("EPERM"), "seccomp";
+    "name-to-handle-at" => Denied("EPERM"), "seccomp";
+    "open-by-handle-at" => Denied("EPERM"), "seccomp";
+    "unshare-user" => Denied("EPERM"), "seccomp";
+    "unshare-net" => Denied("EPERM"), "seccomp";
+    "unshare-mount" => Denied("EPERM"), "seccomp";
+    "setns" => Denied("EPERM"), "seccomp";
+    "clone-newuser" => Denied("EPERM"), "seccomp";
+    "ptrace-child" => Denied("EPERM"), "seccomp";
+    "ptrace-traceme" => Denied("EPERM"), "seccomp";
+    "ptrace-parent" => Denied("EPERM"), "seccomp";
+    "process-vm-readv" => Denied("EPERM"), "seccomp";
+    "kill-host-process" => Denied("ESRCH"), "own pid namespace";
+    "kill-0-pid-1" => Allowed, "signal 0 to the agent (same uid) only checks that it exists";
+    "bpf" => Denied("EPERM"), "seccomp";
+    "perf-event-open" => Denied("EPERM"), "seccomp";
+    "io-uring-setup" => Denied("EPERM"), "seccomp";
+    "keyctl" => Denied("EPERM"), "seccomp";
+    "userfaultfd" => Denied("EPERM"), "seccomp";
+    "kexec-load" => Denied("EPERM"), "seccomp";
+    "init-module" => Denied("EPERM"), "seccomp";
+    "reboot" => Denied("EPERM"), "seccomp";
+    "swapon" => Denied("EPERM"), "seccomp";
+    "acct" => Denied("EPERM"), "seccomp";
+    "settimeofday" => Denied("EPERM"), "seccomp";
+    "clock-settime" => Denied("EPERM"), "seccomp";
+    "syslog" => Denied("EPERM"), "seccomp";
+    "iopl" => Denied("EPERM"), "seccomp";
+    "ioperm" => Denied("EPERM"), "seccomp";
+    "modify-ldt" => Denied("EPERM"), "seccomp";
+    "raw-socket" => Denied("EPERM"), "seccomp";
+    "packet-socket" => Denied("EPERM"), "seccomp";
+    "connect-internet" => Denied("ENETUNREACH"), "own network namespace: lo only, no route";
+    "connect-host-listener-via-loopback" => Denied("ECONNREFUSED"), "the namespace's own lo, where nothing listens";
+    "connect-host-listener-via-host-address" => Denied("ENETUNREACH"), "no route out of the namespace";
+    "netifs" => Data(checks::only_loopback), "own network namespace";
+    "caps" => Data(checks::dropped_and_filtered), "no capabilities, no_new_privs, seccomp filter";
+    "ids" => Data(checks::user_1000), "user 1000 inside";
+    "hostname" => Data(checks::hostname_runbox), "own UTS namespace";
+    "fds" => Data(checks::only_stdio), "the threat model: every fd above 2 is close-on-exec";
+};
 
-pub const GVISOR: &[Row] = &[
-    ("read-shadow", Denied("ENOENT"), "?"),
-    ("read-kmsg", Denied("ENOENT"), "?"),
-    ("write-etc-passwd", Denied("EEXIST"), "?"),
-    ("open-write-etc-passwd", Denied("EROFS"), "?"),
-    ("write-usr-bin", Denied("EROFS"), "?"),
-    ("write-root", Denied("EROFS"), "?"),
-    ("open-write-core-pattern", Denied("EACCES"), "?"),
-    (
-        "write-workspace",
-        Allowed,
-        "the workspace is the sandbox's to write",
-    ),
-    ("write-tmp", Allowed, "/tmp is the sandbox's tmpfs"),
-    ("mount", Denied("EPERM"), "?"),
-    ("chroot-escape", Denied("EPERM"), "?"),
-    ("name-to-handle-at", Denied("ENOSYS"), "?"),
-    ("open-by-handle-at", Denied("ENOSYS"), "?"),
-    ("unshare-user", Denied("EPERM"), "?"),
-    ("unshare-net", Denied("EPERM"), "?"),
-    ("unshare-mount", Denied("EPERM"), "?"),
-    ("setns", Denied("EPERM"), "?"),
-    ("clone-newuser", Denied("EPERM"), "?"),
-    ("ptrace-child", Denied("EPERM"), "?"),
-    ("ptrace-traceme", Denied("EPERM"), "?"),
-    ("ptrace-parent", Denied("EPERM"), "?"),
-    ("process-vm-readv", Denied("EPERM"), "?"),
-    ("kill-host-process", Denied("ESRCH"), "?"),
-    (
-        "kill-0-pid-1",
-        Allowed,
-        "signal 0 to the agent (same uid) only checks it exists",
-    ),
-    ("bpf", Denied("EPERM"), "?"),
-    ("perf-event-open", Denied("ENOSYS"), "?"),
-    ("io-uring-setup", Denied("ENOSYS"), "?"),
-    ("keyctl", Denied("ENOSYS"), "?"),
-    ("userfaultfd", Denied("ENOSYS"), "?"),
-    ("kexec-load", Denied("EPERM"), "?"),
-    ("init-module", Denied("EPERM"), "?"),
-    ("reboot", Denied("EPERM"), "?"),
-    ("swapon", Denied("EPERM"), "?"),
-    ("acct", Denied("EPERM"), "?"),
-    ("settimeofday", Denied("EPERM"), "?"),
-    ("clock-settime", Denied("EPERM"), "?"),
-    ("syslog", Denied("EPERM"), "?"),
-    ("iopl", Denied("EPERM"), "?"),
-    ("ioperm", Denied("EPERM"), "?"),
-    ("modify-ldt", Denied("ENOSYS"), "?"),
-    ("raw-socket", Denied("EPERM"), "?"),
-    ("packet-socket", Denied("EPERM"), "?"),
-    ("connect-internet", Denied("ENETUNREACH"), "?"),
-    (
-        "connect-host-listener-via-loopback",
-        Denied("ECONNREFUSED"),
-        "?",
-    ),
-    (
-        "connect-host-listener-via-host-address",
-        Denied("ENETUNREACH"),
-        "?",
-    ),
-    ("netifs", Data(checks::only_loopback), "?"),
-    ("caps", Data(checks::dropped_in_sentry), "?"),
-    ("ids", Data(checks::user_1000), "?"),
-    ("hostname", Data(checks::hostname_runbox), "?"),
-    ("fds", Data(checks::only_stdio), "?"),
-];
+/// runbox's seccomp profile (the jail's deny-list, EPERM), no
+/// capabilities (CapDrop ALL), ReadonlyRootfs, NetworkMode none, uid 1000, no user namespace.
+#[rustfmt::skip]
+pub const DOCKER: &[Row] = rows! {
+    "read-shadow" => Denied("EACCES"), "the image's shadow is root:shadow 0640; code is uid 1000";
+    "read-kmsg" => Denied("ENOENT"), "the engine's /dev has no kmsg";
+    "write-etc-passwd" => Denied("EEXIST"), "O_CREAT|O_EXCL on the image's passwd (open-write is the write test)";
+    "open-write-etc-passwd" => Denied("EACCES"), "root's 0644 file: the DAC check precedes ReadonlyRootfs' EROFS";
+    "write-usr-bin" => Denied("EROFS"), "ReadonlyRootfs (a new name fails on the mount first)";
+    "write-root" => Denied("EROFS"), "ReadonlyRootfs";
+    "open-write-core-pattern" => Denied("EACCES"), "root's 0644 under the engine's ro /proc/sys: DAC first";
+    "write-workspace" => Allowed, "the workspace is the sandbox's to write";
+    "write-tmp" => Allowed, "/tmp is the container's tmpfs";
+    "mount" => Denied("EPERM"), "runbox's seccomp profile; also mount only with CAP_SYS_ADMIN";
+    "chroot-escape" => Denied("EPERM"), "runbox's seccomp profile; also chroot only with CAP_SYS_CHROOT";
+    "name-to-handle-at" => Denied("EPERM"), "not in 20.10's profile allow list";
+    "open-by-handle-at" => Denied("EPERM"), "runbox's seccomp profile; also only with CAP_DAC_READ_SEARCH (the shocker breakout)";
+    "unshare-user" => Denied("EPERM"), "runbox's seccomp profile; also unshare only with CAP_SYS_ADMIN";
+    "unshare-net" => Denied("EPERM"), "runbox's seccomp profile; also unshare only with CAP_SYS_ADMIN";
+    "unshare-mount" => Denied("EPERM"), "runbox's seccomp profile; also unshare only with CAP_SYS_ADMIN";
+    "setns" => Denied("EPERM"), "runbox's seccomp profile; also setns only with CAP_SYS_ADMIN";
+    "clone-newuser" => Denied("EPERM"), "runbox's seccomp profile; also clone with CLONE_NEW* flags only with CAP_SYS_ADMIN";
+    "ptrace-child" => Denied("EPERM"), "runbox's seccomp profile (the jail's deny-list); the engine default would allow it";
+    "ptrace-traceme" => Denied("EPERM"), "runbox's seccomp profile (the jail's deny-list); the engine default would allow it";
+    "ptrace-parent" => Denied("EPERM"), "the agent is non-dumpable; no CAP_SYS_PTRACE";
+    "process-vm-readv" => Denied("EPERM"), "runbox's seccomp profile; also process_vm_readv only with CAP_SYS_PTRACE";
+    "kill-host-process" => Denied("ESRCH"), "own pid namespace";
+    "kill-0-pid-1" => Allowed, "signal 0 to the agent (same uid) only checks that it exists";
+    "bpf" => Denied("EPERM"), "runbox's seccomp profile; also only with CAP_SYS_ADMIN/CAP_BPF";
+    "perf-event-open" => Denied("EPERM"), "runbox's seccomp profile; also only with CAP_SYS_ADMIN/CAP_PERFMON";
+    "io-uring-setup" => Denied("EPERM"), "runbox's seccomp profile; 20.10's default would allow io_uring";
+    "keyctl" => Denied("EPERM"), "runbox's seccomp profile denies the keyring calls";
+    "userfaultfd" => Denied("EPERM"), "runbox's seccomp profile (the jail's deny-list)";
+    "kexec-load" => Denied("EPERM"), "runbox's seccomp profile (the jail's deny-list)";
+    "init-module" => Denied("EPERM"), "runbox's seccomp profile; also only with CAP_SYS_MODULE";
+    "reboot" => Denied("EPERM"), "runbox's seccomp profile; also only with CAP_SYS_BOOT";
+    "swapon" => Denied("EPERM"), "runbox's seccomp profile (the jail's deny-list)";
+    "acct" => Denied("EPERM"), "runbox's seccomp profile; also only with CAP_SYS_PACCT";
+    "settimeofday" => Denied("EPERM"), "runbox's seccomp profile; also only with CAP_SYS_TIME";
+    "clock-settime" => Denied("EPERM"), "runbox's seccomp profile; also only with CAP_SYS_TIME";
+    "syslog" => Denied("EPERM"), "runbox's seccomp profile; also only with CAP_SYSLOG/CAP_SYS_ADMIN";
+    "iopl" => Denied("EPERM"), "runbox's seccomp profile; also only with CAP_SYS_RAWIO";
+    "ioperm" => Denied("EPERM"), "runbox's seccomp profile; also only with CAP_SYS_RAWIO";
+    "modify-ldt" => Denied("EPERM"), "runbox's seccomp profile; the engine default would allow modify_ldt";
+    "raw-socket" => Denied("EPERM"), "CapDrop ALL: no CAP_NET_RAW";
+    "packet-socket" => Denied("EPERM"), "CapDrop ALL: no CAP_NET_RAW";
+    "connect-internet" => Denied("ENETUNREACH"), "NetworkMode none: lo only, no route";
+    "connect-host-listener-via-loopback" => Denied("ECONNREFUSED"), "the container's own lo, where nothing listens";
+    "connect-host-listener-via-host-address" => Denied("ENETUNREACH"), "NetworkMode none: no route to the host";
+    "netifs" => Data(checks::only_loopback), "NetworkMode none";
+    "caps" => Data(checks::dropped_and_filtered), "CapDrop ALL, no-new-privileges, the default seccomp profile";
+    "ids" => Data(checks::user_1000), "User 1000:1000 (the server's workspace belongs to root)";
+    "hostname" => Data(checks::hostname_runbox), "the container's UTS namespace";
+    "fds" => Data(checks::only_stdio), "the agent binds its socket itself (close-on-exec)";
+};
+
+/// gVisor (runsc 20221219, ptrace platform): the Sentry answers every syscall with its own
+/// implementation; it runs the agent as uid 1000 with no capabilities in its own namespaces.
+#[rustfmt::skip]
+pub const GVISOR: &[Row] = rows! {
+    "read-shadow" => Denied("EACCES"), "the image's shadow is root:shadow 0640; code is uid 1000";
+    "read-kmsg" => Denied("ENOENT"), "the Sentry's /dev has no kmsg";
+    "write-etc-passwd" => Denied("EEXIST"), "O_CREAT|O_EXCL on the bundle's passwd (open-write is the write test)";
+    "open-write-etc-passwd" => Denied("EACCES"), "root's 0644 file: DAC denies uid 1000";
+    "write-usr-bin" => Denied("EACCES"), "the Sentry checks DAC on the root-owned dir before the ro mount";
+    "write-root" => Denied("EACCES"), "the Sentry checks DAC on the root-owned / before the ro root";
+    "open-write-core-pattern" => Denied("ENOENT"), "the Sentry's /proc/sys/kernel has no core_pattern";
+    "write-workspace" => Allowed, "the workspace is the sandbox's to write";
+    "write-tmp" => Allowed, "/tmp is the sandbox's tmpfs";
+    "mount" => Denied("EPERM"), "no CAP_SYS_ADMIN in the Sentry's user namespace";
+    "chroot-escape" => Denied("EPERM"), "no CAP_SYS_CHROOT";
+    "name-to-handle-at" => Denied("EOPNOTSUPP"), "the Sentry has no file handles";
+    "open-by-handle-at" => Denied("EOPNOTSUPP"), "the Sentry has no file handles";
+    "unshare-user" => Denied("EPERM"), "FAILS: the Sentry lets code create user namespaces";
+    "unshare-net" => Denied("EPERM"), "no CAP_SYS_ADMIN";
+    "unshare-mount" => Denied("EPERM"), "FAILS: the Sentry lets code create mount namespaces";
+    "setns" => Denied("EOPNOTSUPP"), "the Sentry does not implement setns";
+    "clone-newuser" => Denied("EPERM"), "FAILS: the Sentry lets code create user namespaces";
+    "ptrace-child" => Denied("EPERM"), "FAILS: the Sentry emulates ptrace for same-uid tracees";
+    "ptrace-traceme" => Denied("EPERM"), "FAILS: the Sentry emulates ptrace";
+    "ptrace-parent" => Denied("EPERM"), "the agent is non-dumpable";
+    "process-vm-readv" => Denied("ENOSYS"), "not implemented by this Sentry";
+    "kill-host-process" => Denied("ESRCH"), "the Sentry's own pid namespace";
+    "kill-0-pid-1" => Allowed, "signal 0 to the agent (same uid) only checks that it exists";
+    "bpf" => Denied("EPERM"), "the Sentry refuses bpf without capabilities";
+    "perf-event-open" => Denied("ENODEV"), "the Sentry has no perf events";
+    "io-uring-setup" => Denied("ENOSYS"), "FAILS: the Sentry implements io_uring";
+    "keyctl" => Denied("EACCES"), "the Sentry's keyrings refuse add_key";
+    "userfaultfd" => Denied("ENOSYS"), "not implemented by the Sentry";
+    "kexec-load" => Denied("EPERM"), "no CAP_SYS_BOOT";
+    "init-module" => Denied("EPERM"), "no CAP_SYS_MODULE";
+    "reboot" => Denied("EPERM"), "no CAP_SYS_BOOT";
+    "swapon" => Denied("EPERM"), "no CAP_SYS_ADMIN";
+    "acct" => Denied("EPERM"), "no CAP_SYS_PACCT";
+    "settimeofday" => Denied("EPERM"), "no CAP_SYS_TIME";
+    "clock-settime" => Denied("EPERM"), "no CAP_SYS_TIME";
+    "syslog" => Denied("EPERM"), "FAILS: the Sentry serves its own synthetic kernel log";
+    "iopl" => Denied("EPERM"), "no CAP_SYS_RAWIO";
+    "ioperm" => Denied("EPERM"), "no CAP_SYS_RAWIO";
+    "modify-ldt" => Denied("EPERM"), "the Sentry refuses modify_ldt";
+    "raw-socket" => Denied("EPERM"), "no CAP_NET_RAW";
+    "packet-socket" => Denied("EPERM"), "no CAP_NET_RAW";
+    "connect-internet" => Denied("EHOSTUNREACH"), "--network=none: the Sentry's netstack has lo only, no route";
+    "connect-host-listener-via-loopback" => Denied("ECONNREFUSED"), "the Sentry's own lo, where nothing listens";
+    "connect-host-listener-via-host-address" => Denied("EHOSTUNREACH"), "--network=none: no route to the host";
+    "netifs" => Data(checks::only_loopback), "--network=none";
+    "caps" => Data(checks::dropped_in_sentry), "empty capability sets; the Sentry reports no CapAmb, NoNewPrivs or filter";
+    "ids" => Data(checks::user_1000), "uid 1000 (the server's workspace belongs to root)";
+    "hostname" => Data(checks::hostname_runbox), "the bundle's hostname";
+    "fds" => Data(checks::only_stdio), "the agent binds its socket itself (close-on-exec)";
+};
 
 pub fn table(backend: Backend) -> &'static [Row] {
     match backend {
