@@ -78,12 +78,16 @@ fn bad_gateway(port: u16, e: &std::io::Error) -> Response {
 }
 
 /// Copies both ways. The client's end of stream is passed on as a half-close (the service
-/// may still answer); the service's end of stream ends the whole tunnel with a full close,
-/// since runsc (0.0~20221219) does not reliably pass a half-close on the agent's host socket
-/// to the host. Errors are just the end of the stream.
+/// may still answer); the service's end of stream ends the whole tunnel. Errors are just the
+/// end of the stream.
+///
+/// The service side is read by readiness + `try_read` until `WouldBlock`, not with
+/// `AsyncRead`: tokio's read drops the readiness after a short read, counting on the next
+/// edge, and gVisor's netstack (runsc 0.0~20221219) gives no further edge for a FIN that
+/// arrives with the last data, so the tunnel would never see the service's end.
 async fn splice(client: TokioIo<hyper::upgrade::Upgraded>, target: TcpStream) {
     let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (mut target_read, mut target_write) = target.into_split();
+    let (target_read, mut target_write) = target.into_split();
     let upstream = async {
         let _ = tokio::io::copy(&mut client_read, &mut target_write).await;
         let _ = target_write.shutdown().await;
@@ -91,7 +95,19 @@ async fn splice(client: TokioIo<hyper::upgrade::Upgraded>, target: TcpStream) {
         std::future::pending::<()>().await
     };
     let downstream = async {
-        let _ = tokio::io::copy(&mut target_read, &mut client_write).await;
+        let mut buf = vec![0u8; 64 << 10];
+        while target_read.readable().await.is_ok() {
+            match target_read.try_read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => break,
+            }
+        }
         let _ = client_write.shutdown().await;
     };
     tokio::select! {

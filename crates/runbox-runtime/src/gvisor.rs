@@ -479,43 +479,22 @@ async fn launch(
     )
     .ok();
     let supervisor = Supervisor::start(child, out_read, logs, spec.memory_bytes)?;
-    let mut ended = supervisor.ended.clone();
-    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-    loop {
-        if paths.socket.exists() {
-            break;
-        }
-        if let Some(e) = ended.borrow().clone() {
-            return Err(format!(
-                "the sandbox ended before its agent listened ({}: {}): {}",
-                e.status,
-                e.detail,
-                supervisor.tail()
-            ));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!(
-                "the agent did not bind {} within {START_TIMEOUT:?}: {}",
-                paths.socket.display(),
-                supervisor.tail()
-            ));
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(2), ended.changed()).await;
-    }
-    // The socket exists: take the directory back so sandbox code (same uid as the agent)
-    // cannot replace the socket with its own and read the token off the host's requests.
-    std::os::unix::fs::chown(&paths.sockets, Some(0), Some(0))
-        .and_then(|()| fs::set_permissions(&paths.sockets, fs::Permissions::from_mode(0o755)))
-        .map_err(|e| format!("cannot lock {}: {e}", paths.sockets.display()))?;
-    let isolation = isolation(spec, &config, &version, (uid, gid));
-    Ok(GvisorInstance {
+    let instance = GvisorInstance {
         id: spec.id.clone(),
         runsc: runsc.clone(),
         client: AgentClient::new(paths.socket.clone(), token),
-        isolation,
+        isolation: isolation(spec, &config, &version, (uid, gid)),
         supervisor,
         pidfd,
-    })
+    };
+    match instance.agent_listens(paths).await {
+        Ok(()) => Ok(instance),
+        Err(reason) => {
+            // Not just destroyed: reaped, so no runsc process of it outlives the error.
+            instance.kill().await;
+            Err(reason)
+        }
+    }
 }
 
 fn isolation(spec: &StartSpec, config: &Value, version: &str, user: (u32, u32)) -> Value {
@@ -610,8 +589,9 @@ impl Instance for GvisorInstance {
             }
             let _ =
                 tokio::time::timeout(Duration::from_secs(5), ended.wait_for(Option::is_some)).await;
-            remove_cgroups(&self.id);
         }
+        // The groups could not go while the sentry was still dying.
+        remove_cgroups(&self.id);
     }
 
     fn can_pause(&self) -> bool {
@@ -671,6 +651,36 @@ impl Instance for GvisorInstance {
 }
 
 impl GvisorInstance {
+    /// Waits until the agent has bound its socket, then locks the socket's directory.
+    async fn agent_listens(&self, paths: &Paths) -> Result<(), String> {
+        let mut ended = self.supervisor.ended.clone();
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        while !paths.socket.exists() {
+            let gone = ended.borrow().clone();
+            if let Some(e) = gone {
+                return Err(format!(
+                    "the sandbox ended before its agent listened ({}: {}): {}",
+                    e.status,
+                    e.detail,
+                    self.supervisor.tail()
+                ));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "the agent did not bind {} within {START_TIMEOUT:?}: {}",
+                    paths.socket.display(),
+                    self.supervisor.tail()
+                ));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(2), ended.changed()).await;
+        }
+        // Take the directory back so sandbox code (the agent's uid) cannot replace the
+        // socket with its own and read the token off the host's next request.
+        std::os::unix::fs::chown(&paths.sockets, Some(0), Some(0))
+            .and_then(|()| fs::set_permissions(&paths.sockets, fs::Permissions::from_mode(0o755)))
+            .map_err(|e| format!("cannot lock {}: {e}", paths.sockets.display()))
+    }
+
     async fn control(&self, action: &'static str) -> Result<(), RuntimeError> {
         self.runsc
             .output(&[action, &container(&self.id)])
@@ -713,7 +723,9 @@ mod bundle {
         })
     }
 
-    const RO: &[&str] = &["rbind", "ro", "nosuid", "nodev"];
+    // runsc ignores nosuid/nodev (and warns): nothing in the sentry honours set-id bits
+    // past noNewPrivileges, and it has no host device nodes to open.
+    const RO: &[&str] = &["rbind", "ro"];
 
     /// The files native generates for /etc: the sandbox user, loopback names, no resolver.
     fn etc_files((uid, gid): (u32, u32)) -> Vec<(&'static str, String)> {
@@ -791,7 +803,7 @@ mod bundle {
                 "destination": "/tmp",
                 "type": "tmpfs",
                 "source": "tmpfs",
-                "options": ["nosuid", "nodev", format!("size={}", limits.tmp_bytes), "mode=1777"],
+                "options": [format!("size={}", limits.tmp_bytes), "mode=1777".to_owned()],
             }),
         ];
         let root = match &spec.image.rootfs {
@@ -813,20 +825,12 @@ mod bundle {
                 root
             }
         };
-        mounts.push(bind(
-            &spec.workspace,
-            "/workspace",
-            &["rbind", "rw", "nosuid", "nodev"],
-        ));
-        mounts.push(bind(
-            agent,
-            AGENT_IN_SANDBOX,
-            &["bind", "ro", "nosuid", "nodev"],
-        ));
+        mounts.push(bind(&spec.workspace, "/workspace", &["rbind", "rw"]));
+        mounts.push(bind(agent, AGENT_IN_SANDBOX, &["bind", "ro"]));
         mounts.push(bind(
             &paths.sockets,
             SOCKET_DIR_IN_SANDBOX,
-            &["rbind", "rw", "nosuid", "nodev", "noexec"],
+            &["rbind", "rw"],
         ));
         let none: [&str; 0] = [];
         let rlimit = |kind: &str, n: u64| json!({"type": kind, "hard": n, "soft": n});
@@ -1134,6 +1138,28 @@ mod tests {
         );
         assert_eq!(argv[4..], native[5..]);
         assert!(argv.ends_with(&["--python-deny".into(), "os".into()]));
+    }
+
+    #[test]
+    fn without_runsc_the_backend_is_unavailable_and_says_what_to_install() {
+        let rt = GvisorRuntime::with_runsc("/nonexistent/runbox-agent".into(), None);
+        let block = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let why = block.block_on(rt.check()).expect_err("no runsc");
+        assert!(why.contains("install the Debian package runsc"), "{why}");
+        let err = block.block_on(rt.start(spec())).expect_err("no runsc");
+        assert!(
+            matches!(
+                err,
+                RuntimeError::Unavailable {
+                    backend: Backend::Gvisor,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

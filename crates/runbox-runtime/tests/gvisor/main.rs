@@ -340,6 +340,33 @@ fn the_pids_limit_is_enforced_and_the_agent_survives_it() {
 }
 
 #[test]
+fn code_signalling_the_agent_is_survived_except_sigkill_which_is_not_oom() {
+    let rt = require_gvisor!();
+    let _shared = SANDBOXES.read();
+    runtime().block_on(async {
+        let sb = start(&rt, spec()).await;
+        let client = sb.client();
+        command(
+            &client,
+            "for s in HUP INT TERM QUIT USR1 USR2 ALRM; do kill -$s 1; done",
+        )
+        .await;
+        let (out, _, _) = command(&client, "echo alive").await;
+        assert_eq!(out, ["alive"]);
+        // gVisor, unlike Linux, delivers SIGKILL to the init of its pid namespace: the code
+        // can end its own sandbox, and that must not be reported as a memory kill.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), command(&client, "kill -KILL 1")).await;
+        let ended = tokio::time::timeout(Duration::from_secs(10), sb.wait())
+            .await
+            .expect("the sandbox ends");
+        assert_eq!(ended.status, "signaled", "{ended:?}");
+        assert!(ended.detail.contains("signal 9"), "{ended:?}");
+        sb.kill().await;
+    });
+}
+
+#[test]
 fn pause_stops_every_process_until_resume() {
     let rt = require_gvisor!();
     let _shared = SANDBOXES.read();
@@ -519,6 +546,75 @@ fn sweep_removes_what_a_dead_server_left() {
     });
 }
 
+/// A tiny image: the host's /usr bound in (as `runbox image build` unpacks a full one), an
+/// /etc of its own. Unmounted and removed on drop.
+struct Image(PathBuf);
+
+impl Image {
+    fn make() -> Option<Self> {
+        let root = std::env::temp_dir().join(format!("runbox-gvisor-image-{}", random_hex(6)));
+        std::fs::create_dir_all(root.join("usr")).expect("usr");
+        std::fs::create_dir_all(root.join("etc")).expect("etc");
+        std::fs::write(root.join("etc/os-release"), "ID=runbox-test-image\n").expect("os-release");
+        for name in ["bin", "lib", "lib64", "sbin"] {
+            if let Ok(target) = std::fs::read_link(Path::new("/").join(name)) {
+                std::os::unix::fs::symlink(target, root.join(name)).expect("link");
+            }
+        }
+        let image = Image(root);
+        let mounted = std::process::Command::new("mount")
+            .args(["--bind", "-o", "ro", "/usr"])
+            .arg(image.0.join("usr"))
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(image)
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.join("usr"))
+            .status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn an_image_rootfs_is_the_read_only_root_with_the_generated_user() {
+    let rt = require_gvisor!();
+    let _shared = SANDBOXES.read();
+    let Some(image) = Image::make() else {
+        eprintln!("SKIPPED: cannot bind-mount /usr into a test image");
+        return;
+    };
+    runtime().block_on(async {
+        let mut spec = spec();
+        spec.image = ImageSource {
+            name: "test-image".into(),
+            rootfs: Some(image.0.clone()),
+            docker: None,
+        };
+        let sb = start(&rt, spec).await;
+        let (out, err, _) = command(
+            &sb.client(),
+            "cat /etc/os-release; id -un; touch /etc/x 2>/dev/null || echo READ-ONLY; \
+             python3 -c 'print(6*7)'",
+        )
+        .await;
+        assert_eq!(
+            out,
+            ["ID=runbox-test-image", "user", "READ-ONLY", "42"],
+            "{err:?}"
+        );
+        assert_eq!(
+            sb.isolation()["enforcement"]["rootfs"],
+            format!("{} read-only", image.0.display())
+        );
+        sb.kill().await;
+    });
+}
+
 #[test]
 fn a_missing_rootfs_is_an_image_error_and_leaves_nothing() {
     let rt = require_gvisor!();
@@ -531,7 +627,7 @@ fn a_missing_rootfs_is_an_image_error_and_leaves_nothing() {
             docker: None,
         };
         let id = spec.id.clone();
-        let err = rt.start(spec).await.err().expect("no such rootfs");
+        let err = rt.start(spec).await.expect_err("no such rootfs");
         assert!(matches!(err, RuntimeError::Image { .. }), "{err}");
         assert!(
             err.to_string().contains("/nonexistent/runbox/rootfs"),
@@ -552,8 +648,7 @@ fn an_agent_that_dies_at_start_is_a_start_error_with_its_words() {
         let err = rt
             .start(spec)
             .await
-            .err()
-            .expect("the agent refuses the flag");
+            .expect_err("the agent refuses the flag");
         assert!(matches!(err, RuntimeError::Start { .. }), "{err}");
         assert!(err.to_string().contains("unknown argument"), "{err}");
         eprintln!("{err}");
