@@ -27,6 +27,7 @@ struct Args {
     token_fd: Option<i32>,
     token_file: Option<String>,
     token_stdin: bool,
+    seccomp: bool,
     config: Config,
 }
 
@@ -54,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--token-file" => a.token_file = Some(value()?),
             "--token-stdin" => a.token_stdin = true,
+            "--seccomp" => a.seccomp = true,
             "--memory" => {
                 a.config.memory_limit_bytes =
                     Some(value()?.parse().map_err(|_| "--memory takes bytes")?)
@@ -143,6 +145,9 @@ fn main() -> ExitCode {
     // Before anything else: nobody in the sandbox may read our memory or /proc/1/*.
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let setup = parse_args().and_then(|mut a| {
+        if a.seccomp {
+            confine_self()?;
+        }
         a.config.token = read_token(&a)?;
         let l = listener(&a)?;
         l.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -187,6 +192,20 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Installs the jail's seccomp filter on the agent itself, before any thread exists, so it
+/// holds for every process the agent starts (`--seccomp`). For backends whose own filter
+/// cannot express the jail's argument checks: gVisor's OCI seccomp in the runsc we run applies
+/// a rule with argument comparisons to every call, so clone(CLONE_NEWUSER) could only be
+/// refused here. The native jail installs the same filter before exec'ing us. With it goes
+/// the init guard: gVisor delivers even SIGKILL from the code to PID 1 (us), so signals
+/// addressed to pid 1 are refused.
+fn confine_self() -> Result<(), String> {
+    rustix::thread::set_no_new_privs(true).map_err(|e| format!("no_new_privs: {e}"))?;
+    let program = runbox_jail::seccomp::compile_guarding_init()
+        .map_err(|e| format!("compiling the filter: {e}"))?;
+    runbox_jail::seccomp::install(&program).map_err(|e| format!("installing the filter: {e}"))
 }
 
 /// Catches (and ignores) the terminating signals sandbox code could send us. On the native

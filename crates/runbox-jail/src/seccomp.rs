@@ -482,7 +482,42 @@ fn validate(program: &[sock_filter]) -> Result<(), CompileError> {
 /// Compiles the table to one BPF program: ERRNO(EPERM) where an entry matches, ALLOW
 /// otherwise, after the prologue.
 pub fn compile() -> Result<Program, CompileError> {
+    compile_entries(table())
+}
+
+/// Signals to PID 1 by number. For a sandbox whose kernel does not shield its init from
+/// the code's signals (gVisor's Sentry delivers even SIGKILL to PID 1 from inside), where the
+/// agent installs this filter on itself: signals to process groups and other pids stay
+/// allowed, and the agent sends none to itself.
+pub fn init_guard() -> Vec<Entry> {
+    use libc::*;
+    const PID_1: &[u64] = &[1];
+    let to_init = |name: &'static str, nr: i64| Entry {
+        name,
+        nr,
+        when: When::ArgIs {
+            index: 0,
+            values: PID_1,
+        },
+        why: "signal the sandbox's init (the agent)",
+    };
+    vec![
+        to_init("kill", SYS_kill),
+        to_init("tgkill", SYS_tgkill),
+        to_init("rt_sigqueueinfo", SYS_rt_sigqueueinfo),
+        to_init("rt_tgsigqueueinfo", SYS_rt_tgsigqueueinfo),
+        to_init("pidfd_open", SYS_pidfd_open),
+    ]
+}
+
+/// `table()` plus `init_guard()`.
+pub fn compile_guarding_init() -> Result<Program, CompileError> {
     let mut entries = table();
+    entries.extend(init_guard());
+    compile_entries(entries)
+}
+
+fn compile_entries(mut entries: Vec<Entry>) -> Result<Program, CompileError> {
     entries.sort_by_key(|e| e.nr);
     let mut numbers = Vec::with_capacity(entries.len());
     let mut leaves = Vec::with_capacity(entries.len());

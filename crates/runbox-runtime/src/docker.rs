@@ -723,7 +723,9 @@ fn isolation_report(c: &ContainerInspectResponse, spec: &StartSpec, pid: i32) ->
                 .map(|p| p.trim_start_matches(['=', ':']))
         })
         .map(|p| {
-            if serde_json::from_str::<serde_json::Value>(p).ok() == Some(crate::seccomp_profile::profile()) {
+            if serde_json::from_str::<serde_json::Value>(p).ok()
+                == Some(crate::seccomp_profile::profile())
+            {
                 "runbox (the jail's deny-list)"
             } else {
                 "custom"

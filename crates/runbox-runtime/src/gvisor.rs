@@ -90,6 +90,9 @@ pub struct GvisorRuntime {
     runsc: Option<PathBuf>,
     /// `runsc --version`'s first line, asked once.
     version: tokio::sync::OnceCell<String>,
+    /// Which server this is (`owned_by`): `sweep` leaves other servers' sandboxes alone, even
+    /// in the same process (tests run several).
+    owner: String,
 }
 
 impl GvisorRuntime {
@@ -103,11 +106,19 @@ impl GvisorRuntime {
         Self::with_runsc(agent, runsc)
     }
 
+    /// Records `owner` with every sandbox and limits `sweep` to sandboxes with that owner
+    /// (the server passes an id of its data directory). Default "default".
+    pub fn owned_by(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
     pub fn with_runsc(agent: PathBuf, runsc: Option<PathBuf>) -> Self {
         Self {
             agent,
             runsc,
             version: tokio::sync::OnceCell::new(),
+            owner: "default".into(),
         }
     }
 
@@ -175,7 +186,7 @@ impl Runtime for GvisorRuntime {
                 spec.id
             )));
         }
-        match launch(&runsc, &spec, &self.agent, &paths, version).await {
+        match launch(&runsc, &spec, &self.agent, &paths, version, &self.owner).await {
             Ok(instance) => Ok(Box::new(instance)),
             Err(reason) => {
                 destroy(&runsc, &spec.id).await;
@@ -235,7 +246,9 @@ impl Runtime for GvisorRuntime {
         ids.dedup();
         // Another runbox on this host (a second server, a test) keeps its own sandboxes.
         ids.retain(|id| {
-            !keep.contains(id) && valid_id(id) && !owner::held_by_another(&Paths::new(id).bundle)
+            !keep.contains(id)
+                && valid_id(id)
+                && !owner::held_by_another(&Paths::new(id).bundle, &self.owner)
         });
         for id in &ids {
             destroy(&runsc, id).await;
@@ -427,6 +440,7 @@ async fn launch(
     agent: &Path,
     paths: &Paths,
     version: String,
+    owner: &str,
 ) -> Result<GvisorInstance, String> {
     for dir in [STATE_ROOT, BUNDLES, SOCKETS] {
         mkdir(Path::new(dir), 0o700)?;
@@ -437,7 +451,7 @@ async fn launch(
     let (uid, gid) = sandbox_user(&spec.workspace)
         .map_err(|e| format!("cannot prepare the workspace for the sandbox user: {e}"))?;
     mkdir(&paths.bundle, 0o700)?;
-    owner::record(&paths.bundle)?;
+    owner::record(&paths.bundle, owner)?;
     mkdir(&paths.sockets, 0o700)?;
     // The agent (uid inside = uid on the host, through the gofer) binds its socket here.
     std::os::unix::fs::chown(&paths.sockets, Some(uid), Some(gid)).map_err(|e| {
@@ -705,6 +719,9 @@ fn agent_argv(spec: &StartSpec) -> Vec<String> {
         "--listen".into(),
         format!("unix:{SOCKET_DIR_IN_SANDBOX}/{SOCKET_NAME}"),
         "--token-stdin".into(),
+        // The jail's seccomp filter, installed by the agent on itself (see its
+        // `confine_self`): this runsc's OCI seccomp cannot check syscall arguments.
+        "--seccomp".into(),
     ];
     argv.extend(native.into_iter().skip(5));
     argv
@@ -1081,20 +1098,31 @@ mod owner {
             .ok()
     }
 
-    pub(super) fn record(bundle: &Path) -> Result<(), String> {
+    pub(super) fn record(bundle: &Path, owner: &str) -> Result<(), String> {
         let me = std::process::id();
         let started = start_time(me).unwrap_or_default();
-        write(&bundle.join(FILE), format!("{me} {started}\n").as_bytes())
+        write(
+            &bundle.join(FILE),
+            format!("{me} {started} {owner}\n").as_bytes(),
+        )
     }
 
-    pub(super) fn held_by_another(bundle: &Path) -> bool {
+    /// Whether the sandbox of `bundle` belongs to another server: another owner id, or a
+    /// live process other than this one.
+    pub(super) fn held_by_another(bundle: &Path, owner: &str) -> bool {
         let Ok(text) = fs::read_to_string(bundle.join(FILE)) else {
             return fs::metadata(bundle)
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < GRACE));
         };
-        let mut words = text.split_whitespace().map(str::parse::<u64>);
-        let (Some(Ok(pid)), Some(Ok(started))) = (words.next(), words.next()) else {
+        let mut fields = text.split_whitespace();
+        let (pid, started) = (fields.next(), fields.next());
+        if fields.next().is_some_and(|theirs| theirs != owner) {
+            return true;
+        }
+        let (Some(Ok(pid)), Some(Ok(started))) =
+            (pid.map(str::parse::<u64>), started.map(str::parse::<u64>))
+        else {
             return false;
         };
         let Ok(pid) = u32::try_from(pid) else {
@@ -1136,7 +1164,8 @@ mod tests {
                 "--token-stdin"
             ]
         );
-        assert_eq!(argv[4..], native[5..]);
+        assert_eq!(argv[4], "--seccomp");
+        assert_eq!(argv[5..], native[5..]);
         assert!(argv.ends_with(&["--python-deny".into(), "os".into()]));
     }
 

@@ -19,14 +19,14 @@ const ENOSYS: u32 = 38;
 
 /// Personality values denied by exact match (see the module docs).
 const PERSONALITIES_DENIED: &[u64] = &[
-    0x0008,      // PER_LINUX32
-    0x0040000,   // ADDR_NO_RANDOMIZE
-    0x0040008,   // both
-    0x0400000,   // READ_IMPLIES_EXEC
-    0x0400008,   // READ_IMPLIES_EXEC | PER_LINUX32
-    0x0440000,   // READ_IMPLIES_EXEC | ADDR_NO_RANDOMIZE
-    0x0440008,   // all three
-    0x8000000,   // MMAP_PAGE_ZERO
+    0x0008,    // PER_LINUX32
+    0x0040000, // ADDR_NO_RANDOMIZE
+    0x0040008, // both
+    0x0400000, // READ_IMPLIES_EXEC
+    0x0400008, // READ_IMPLIES_EXEC | PER_LINUX32
+    0x0440000, // READ_IMPLIES_EXEC | ADDR_NO_RANDOMIZE
+    0x0440008, // all three
+    0x8000000, // MMAP_PAGE_ZERO
 ];
 
 fn deny(name: &str, errno: u32, args: Vec<Value>) -> Value {
@@ -71,11 +71,7 @@ pub fn profile() -> Value {
             }
             When::ArgIsNot { index, .. } => {
                 for &value in PERSONALITIES_DENIED {
-                    rules.push(deny(
-                        name,
-                        EPERM,
-                        vec![arg(index, "SCMP_CMP_EQ", value, 0)],
-                    ));
+                    rules.push(deny(name, EPERM, vec![arg(index, "SCMP_CMP_EQ", value, 0)]));
                 }
             }
             When::RawOrPacketSocket => {

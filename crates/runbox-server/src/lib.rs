@@ -82,7 +82,7 @@ pub fn runtimes(
     Ok(vec![
         Arc::new(runbox_runtime::NativeRuntime::new(agent.clone())?),
         Arc::new(runbox_runtime::DockerRuntime::new(agent.clone()).owned_by(owner)),
-        Arc::new(runbox_runtime::GvisorRuntime::new(agent)),
+        Arc::new(runbox_runtime::GvisorRuntime::new(agent).owned_by(owner)),
     ])
 }
 
@@ -287,7 +287,10 @@ pub async fn serve_connections(
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
         eprintln!("runbox: connections still open after {DRAIN:?}; closing them");
     }
     Ok(())

@@ -295,7 +295,8 @@ async fn docker_inspect_shows_the_hardening() {
     // than the engine's default on ptrace, io_uring and modify_ldt).
     assert_eq!(h["SecurityOpt"][0], json!("no-new-privileges"));
     let profile = h["SecurityOpt"][1].as_str().expect("seccomp option");
-    let profile: Value = serde_json::from_str(profile.strip_prefix("seccomp=").expect("seccomp=")).expect("json");
+    let profile: Value =
+        serde_json::from_str(profile.strip_prefix("seccomp=").expect("seccomp=")).expect("json");
     assert_eq!(profile, runbox_runtime::seccomp_profile::profile());
     assert_eq!(h["SecurityOpt"].as_array().map(Vec::len), Some(2));
     assert_eq!(h["ReadonlyRootfs"], json!(true));
@@ -665,7 +666,10 @@ async fn sweep_removes_leftovers_and_keeps_the_rest() {
     assert_eq!(removed, std::slice::from_ref(&left.id));
     left.assert_gone();
     assert!(!orphan_dir.exists(), "orphan socket directory kept");
-    assert!(fresh_orphan.exists(), "a fresh socket directory was removed");
+    assert!(
+        fresh_orphan.exists(),
+        "a fresh socket directory was removed"
+    );
     let _ = std::fs::remove_dir_all(&fresh_orphan);
     assert_eq!(
         containers_of(&kept.id).len(),

@@ -1021,13 +1021,19 @@ async fn slow_and_idle_clients_are_cut_off() {
     let mut b = [0u8; 8];
     let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
     let config = Config {
-        data_dir: std::env::temp_dir().join(format!("runbox-server-test-{}", u64::from_ne_bytes(b))),
-        tenants: vec![TenantConfig { name: "a".into(), keys: vec![KEY_A.into()] }],
+        data_dir: std::env::temp_dir()
+            .join(format!("runbox-server-test-{}", u64::from_ne_bytes(b))),
+        tenants: vec![TenantConfig {
+            name: "a".into(),
+            keys: vec![KEY_A.into()],
+        }],
         ..Config::default()
     };
     let state = runbox_server::AppState::new(config, agent_binary()).expect("state");
     let manager = state.manager.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(runbox_server::serve_connections(
@@ -1040,23 +1046,41 @@ async fn slow_and_idle_clients_are_cut_off() {
     ));
     // Headers that never finish: the connection is closed after the timeout.
     let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    slow.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n").await.expect("send");
+    slow.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("send");
     let mut buf = vec![0u8; 1024];
     let t = std::time::Instant::now();
-    let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf)).await.expect("closed in time").unwrap_or(0);
+    let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
     let answer = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(t.elapsed() >= Duration::from_millis(900), "closed too early: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "closed too early: {:?}",
+        t.elapsed()
+    );
     // An idle keep-alive connection is closed too, after answering its request.
     let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    idle.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("send");
+    idle.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("send");
     let n = idle.read(&mut buf).await.expect("answer");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    let n = tokio::time::timeout(Duration::from_secs(10), idle.read(&mut buf)).await.expect("closed in time").unwrap_or(0);
+    let n = tokio::time::timeout(Duration::from_secs(10), idle.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
     assert!(n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"));
     // A normal client is served, and shutdown ends the server.
     let r = call(&Server { addr, manager }, "GET", "/health", &[], None).await;
     assert_eq!(r.status, 200);
     let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(15), server).await.expect("stops").expect("join").expect("serve");
+    tokio::time::timeout(Duration::from_secs(15), server)
+        .await
+        .expect("stops")
+        .expect("join")
+        .expect("serve");
 }
