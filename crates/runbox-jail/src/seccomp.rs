@@ -510,7 +510,7 @@ pub fn init_guard() -> Vec<Entry> {
     ]
 }
 
-/// `table()` plus `init_guard()`.
+/// `table()` plus `init_guard()` (the gVisor agent's filter).
 pub fn compile_guarding_init() -> Result<Program, CompileError> {
     let mut entries = table();
     entries.extend(init_guard());
