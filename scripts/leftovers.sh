@@ -16,7 +16,7 @@ if command -v runsc >/dev/null && [[ -d /run/runbox/runsc ]]; then
   sandboxes=$(runsc --root /run/runbox/runsc list -quiet 2>/dev/null)
   [[ -n $sandboxes ]] && report "runsc sandboxes: $sandboxes"
 fi
-mounts=$(grep -E ' /run/runbox/| /var/lib/runbox/images/[^ ]*/rootfs/' /proc/self/mountinfo | awk '{print $5}')
+mounts=$(grep -E ' /run/runbox/| /var/lib/runbox/images/[^ ]*/rootfs/| [^ ]*/workspaces/[0-9a-f]+ ' /proc/self/mountinfo | awk '{print $5}')
 [[ -n $mounts ]] && report "mounts: $mounts"
 cgroups=$(find /sys/fs/cgroup -maxdepth 3 -type d \( -name 'runbox-*' -o -name 'runbox' \) \
   -exec sh -c 'for d; do [ -n "$(find "$d" -mindepth 1 -maxdepth 1 -type d)" ] && echo "$d"; done' sh {} + 2>/dev/null)

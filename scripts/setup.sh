@@ -13,6 +13,7 @@ APT_PACKAGES=(
   python3-venv python3-pip  # the Python SDK's test venv (target/sdk-venv, scripts/test.sh)
   runsc       # gVisor: the gvisor backend
   debootstrap # `runbox image build`: the default sandbox image from Debian packages
+  e2fsprogs   # mkfs.ext4: the filesystem of a workspace with a disk quota (runbox.disk)
 )
 
 log() { printf 'setup: %s\n' "$*"; }

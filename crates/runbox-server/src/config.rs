@@ -43,6 +43,9 @@ pub struct Config {
     pub default_memory: String,
     pub default_cpu: String,
     pub default_pids: u64,
+    /// Workspace disk quota when the request has no `runbox.disk` (bytes or a quantity such
+    /// as `1Gi`, at least 16Mi). Default none: unlimited.
+    pub default_disk: Option<String>,
     /// Keep audit records this many days (0 = forever). Default 30.
     pub audit_retention_days: u64,
     /// Largest request body accepted outside file uploads, bytes. Default 1 MiB.
@@ -173,6 +176,7 @@ impl Default for Config {
             default_memory: "512Mi".into(),
             default_cpu: "1".into(),
             default_pids: 256,
+            default_disk: None,
             audit_retention_days: 30,
             max_body_bytes: 1 << 20,
             header_read_timeout_seconds: 30,

@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod proxy;
 
 pub mod store;
+mod workspace;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -15,6 +15,7 @@ use crate::audit::Auditor;
 use crate::config::{parse_cpu, parse_memory, Config, OnUnavailable, UnknownImages};
 use crate::error::ApiError;
 use crate::store::{SandboxRow, Store};
+use crate::workspace;
 
 /// What a create request asks for, validated.
 #[derive(Debug, Clone)]
@@ -36,6 +37,8 @@ pub struct Spec {
     pub import_deny: Option<String>,
     /// Ended after this long without a request through the proxy.
     pub idle_timeout: Option<Duration>,
+    /// The workspace's size (`runbox.disk`, else `default_disk`); none is unlimited.
+    pub disk_bytes: Option<u64>,
 }
 
 /// A running sandbox.
@@ -120,6 +123,7 @@ impl Pool {
             && p.memory_bytes == s.memory_bytes
             && (p.cpus - s.cpus).abs() < 1e-9
             && p.pids == s.pids
+            && p.disk_bytes == s.disk_bytes
             && s.env.is_empty()
             && s.output_limit.is_none()
             && s.import_allow.is_none()
@@ -140,6 +144,32 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 
 pub fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// A workspace quota from `key`'s value: bytes or a quantity (`1Gi`), at least 16Mi.
+fn disk_quota(key: &str, value: Option<&str>) -> Result<Option<u64>, ApiError> {
+    value
+        .map(|v| {
+            parse_memory(v)
+                .filter(|b| *b >= workspace::MIN_DISK_BYTES)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "{key} `{v}` is not a size of at least 16Mi (bytes, or e.g. 512Mi, 1Gi)"
+                    ))
+                })
+        })
+        .transpose()
+}
+
+/// An error and its causes, for a message that hides no step.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut shown = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        shown.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    shown
 }
 
 fn shell_join(argv: &[String]) -> String {
@@ -195,6 +225,7 @@ impl Manager {
                 import_allow: None,
                 import_deny: None,
                 idle_timeout: None,
+                disk_bytes: disk_quota("default_disk", config.default_disk.as_deref())?,
             };
             pools.push(Pool {
                 config: p.clone(),
@@ -384,6 +415,10 @@ impl Manager {
         }
     }
 
+    fn workspace_dir(&self, id: &str) -> std::path::PathBuf {
+        self.config.data_dir.join("workspaces").join(id)
+    }
+
     /// Validates a create request into a `Spec`.
     pub fn spec(&self, req: &crate::api::CreateRequest) -> Result<Spec, ApiError> {
         let image = req
@@ -438,6 +473,7 @@ impl Manager {
                     "runbox.network",
                     "runbox.runtime",
                     "runbox.idle_timeout",
+                    "runbox.disk",
                 ]
                 .contains(&key.as_str())
             {
@@ -472,6 +508,10 @@ impl Manager {
                 "runbox.pids must be at least 16 (the agent and its kernels need some)".into(),
             ));
         }
+        let disk_bytes = match ext.get("runbox.disk") {
+            Some(d) => disk_quota("runbox.disk", Some(d))?,
+            None => disk_quota("default_disk", self.config.default_disk.as_deref())?,
+        };
         Ok(Spec {
             image,
             source,
@@ -500,6 +540,7 @@ impl Manager {
                 }
                 other => other.map(Duration::from_secs),
             },
+            disk_bytes,
         })
     }
 
@@ -583,17 +624,20 @@ impl Manager {
         fallback: Option<String>,
     ) -> Result<Ready, StartFailure> {
         let id = runbox_runtime::random_hex(16);
-        let workspace = self.config.data_dir.join("workspaces").join(&id);
-        std::fs::create_dir_all(&workspace).map_err(|e| {
-            StartFailure::Other(ApiError::Internal(format!(
-                "cannot create the workspace: {e}"
-            )))
-        })?;
+        let workspace = self.workspace_dir(&id);
+        workspace::create(&workspace, spec.disk_bytes)
+            .await
+            .map_err(|e| {
+                StartFailure::Other(ApiError::Internal(format!(
+                    "cannot create the workspace: {}",
+                    error_chain(&e)
+                )))
+            })?;
         let started = self
             .start_in(runtime, spec, fallback, id, workspace.clone())
             .await;
         if started.is_err() {
-            let _ = std::fs::remove_dir_all(&workspace);
+            workspace::discard(&workspace).await;
         }
         started
     }
@@ -616,7 +660,7 @@ impl Manager {
         let start = StartSpec {
             id: id.clone(),
             image: spec.source.clone(),
-            workspace,
+            workspace: workspace.clone(),
             memory_bytes: spec.memory_bytes,
             cpus: spec.cpus,
             pids: spec.pids,
@@ -649,8 +693,10 @@ impl Manager {
             let manager = Arc::downgrade(self);
             let instance = instance.clone();
             let sid = id.clone();
+            let workspace = workspace.clone();
             tokio::spawn(async move {
                 let ended = instance.wait().await;
+                workspace::release(&workspace).await;
                 if let Some(m) = manager.upgrade() {
                     m.ended(&sid, ended);
                 }
@@ -834,6 +880,7 @@ impl Manager {
             .store
             .set_state(id, "Terminated", Some(reason), None, &rfc3339(now()));
         removed.instance.kill().await;
+        workspace::release(&self.workspace_dir(id)).await;
         Some(removed)
     }
 
@@ -857,6 +904,7 @@ impl Manager {
             let ready = std::mem::take(&mut *pool.ready.lock().unwrap_or_else(|p| p.into_inner()));
             for r in ready {
                 r.instance.kill().await;
+                workspace::release(&self.workspace_dir(&r.id)).await;
             }
         }
     }

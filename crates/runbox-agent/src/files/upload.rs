@@ -156,11 +156,11 @@ async fn receive(
     while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
         file.write_all(&chunk)
             .await
-            .map_err(|e| fs_error(&shown, e))?;
+            .map_err(|e| write_error(&shown, e))?;
     }
-    file.flush().await.map_err(|e| fs_error(&shown, e))?;
+    file.flush().await.map_err(|e| write_error(&shown, e))?;
     // Delayed allocation can report ENOSPC/EDQUOT only here; better now than after the rename.
-    file.sync_all().await.map_err(|e| fs_error(&shown, e))?;
+    file.sync_all().await.map_err(|e| write_error(&shown, e))?;
     drop(file);
 
     blocking(move || {
@@ -168,6 +168,18 @@ async fn receive(
         staged.commit(&target).map_err(|e| fs_error(&shown, e))
     })
     .await
+}
+
+/// A failed write of an upload's content. Running out of room is the workspace's disk quota
+/// (`runbox.disk`) in all likelihood, so the message says so rather than the bare errno; the
+/// staged file is removed when `Staged` drops.
+fn write_error(path: &str, e: std::io::Error) -> ApiError {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => ApiError::PayloadTooLarge(format!(
+            "{path}: no space left in the workspace (its disk quota is full)"
+        )),
+        _ => fs_error(path, e),
+    }
 }
 
 fn multipart_error(e: MultipartError) -> ApiError {

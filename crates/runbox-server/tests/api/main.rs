@@ -1084,3 +1084,135 @@ async fn slow_and_idle_clients_are_cut_off() {
         .expect("join")
         .expect("serve");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workspace_disk_quota_is_enforced() {
+    require_root!();
+    let s = spawn_server(5).await;
+    let with_disk = |disk: &str| json!({ "image": { "uri": "python:3.11" }, "entrypoint": ["tail", "-f", "/dev/null"], "timeout": 600, "extensions": { "runbox.disk": disk } });
+    for bad in ["lots", "8Mi", "0"] {
+        let r = call(
+            &s,
+            "POST",
+            "/v1/sandboxes",
+            &key(KEY_A),
+            Some(with_disk(bad)),
+        )
+        .await;
+        assert_eq!(r.status, 400, "runbox.disk {bad}: {}", r.text);
+        assert_eq!(r.json()["code"], "INVALID_REQUEST", "{}", r.text);
+    }
+    let r = call(
+        &s,
+        "POST",
+        "/v1/sandboxes",
+        &key(KEY_A),
+        Some(with_disk("32Mi")),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let id = r.json()["id"].as_str().expect("id").to_owned();
+    let ep = call(
+        &s,
+        "GET",
+        &format!("/v1/sandboxes/{id}/endpoints/44772"),
+        &key(KEY_A),
+        None,
+    )
+    .await
+    .json();
+    let token = ep["headers"]["X-EXECD-ACCESS-TOKEN"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let base = format!("/sandboxes/{id}/port/44772");
+    let tok = [("X-EXECD-ACCESS-TOKEN", token.as_str())];
+    let run = |command: &'static str| {
+        let (s, path, tok) = (&s, format!("{base}/command"), tok);
+        async move {
+            call(s, "POST", &path, &tok, Some(json!({ "command": command })))
+                .await
+                .text
+        }
+    };
+
+    // Code writing past the quota gets ENOSPC, and the sandbox keeps working.
+    let out = run("dd if=/dev/zero of=/workspace/big bs=1M count=64").await;
+    assert!(out.contains("No space left on device"), "{out}");
+    let out =
+        run("rm /workspace/big && df -B1M --output=size /workspace | tail -1 && echo alive").await;
+    assert!(out.contains("alive"), "{out}");
+    let size: u64 = out
+        .split("\"type\":\"stdout\",\"text\":\"")
+        .nth(1)
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit() && c != ' ').next())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no df size in {out}"));
+    assert!((28..=32).contains(&size), "df says {size}M: {out}");
+
+    // An upload past the quota is 413 with the error shape, and leaves no partial file.
+    let boundary = "runbox-quota-test";
+    let mut body = format!(
+        "--{boundary}\r\ncontent-disposition: form-data; name=\"metadata\"\r\ncontent-type: application/json\r\n\r\n{{\"path\":\"/workspace/upload.bin\"}}\r\n--{boundary}\r\ncontent-disposition: form-data; name=\"file\"; filename=\"upload.bin\"\r\ncontent-type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend(std::iter::repeat_n(b'x', 40 << 20));
+    body.extend(format!("\r\n--{boundary}--\r\n").into_bytes());
+    let stream = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::post(format!("{base}/files/upload"))
+        .header("host", s.addr.to_string())
+        .header("X-EXECD-ACCESS-TOKEN", token.as_str())
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(Full::new(Bytes::from(body)))
+        .expect("req");
+    let resp = sender.send_request(req).await.expect("send");
+    let status = resp.status().as_u16();
+    let text = String::from_utf8_lossy(&resp.into_body().collect().await.expect("body").to_bytes())
+        .into_owned();
+    assert_eq!(status, 413, "{text}");
+    let err: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(err["code"], "PAYLOAD_TOO_LARGE", "{text}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("disk quota is full"),
+        "{text}"
+    );
+    let out = run("ls -A /workspace; echo listed").await;
+    assert!(
+        !out.contains("upload.bin") && out.contains("listed"),
+        "{out}"
+    );
+
+    // Deleted: unmounted, the image kept.
+    let workspace = s.manager.config.data_dir.join("workspaces").join(&id);
+    let mounted = || {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let dir = std::fs::canonicalize(&workspace).expect("workspace dir");
+        mountinfo
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(dir.to_str().expect("utf-8")))
+    };
+    assert!(mounted());
+    let r = call(
+        &s,
+        "DELETE",
+        &format!("/v1/sandboxes/{id}"),
+        &key(KEY_A),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert!(!mounted(), "{} is still mounted", workspace.display());
+    assert!(workspace.with_extension("img").is_file());
+}
