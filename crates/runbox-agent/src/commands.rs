@@ -750,7 +750,9 @@ async fn logs(
             if !text.is_empty() {
                 text.push('\n');
             }
-            (text, r.lines.len().saturating_sub(1))
+            // The cursor is the index of the last line there is; with no line yet there is
+            // none (a 0 here made the next call skip the first line when it came later).
+            (text, r.lines.len().checked_sub(1))
         })
         .ok_or_else(|| ApiError::not_found(format!("no command {id}")))?;
     let mut headers = HeaderMap::new();
@@ -758,7 +760,7 @@ async fn logs(
         axum::http::header::CONTENT_TYPE,
         axum::http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if let Ok(v) = axum::http::HeaderValue::from_str(&tail.to_string()) {
+    if let Some(v) = tail.and_then(|t| axum::http::HeaderValue::from_str(&t.to_string()).ok()) {
         headers.insert(TAIL_CURSOR_HEADER, v);
     }
     Ok((headers, text).into_response())

@@ -160,10 +160,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = forward_termination() {
-        eprintln!("runbox-agent: {e}");
-        return ExitCode::from(1);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -182,7 +178,6 @@ fn main() -> ExitCode {
             .start_reaper()
             .map_err(|e| format!("cannot watch SIGCHLD: {e}"))?;
         tokio::spawn(jupyter_port());
-        survive_signals()?;
         let listener =
             tokio::net::UnixListener::from_std(std_listener).map_err(|e| e.to_string())?;
         axum::serve(listener, app(state))
@@ -210,88 +205,6 @@ fn confine_self() -> Result<(), String> {
     let program = runbox_jail::seccomp::compile_guarding_init()
         .map_err(|e| format!("compiling the filter: {e}"))?;
     runbox_jail::seccomp::install(&program).map_err(|e| format!("installing the filter: {e}"))
-}
-
-/// How long the sandbox's processes get to exit after a forwarded SIGTERM.
-const TERMINATION_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// PID 1's duty: when the sandbox is asked to stop from outside (`docker stop`, `runsc kill
-/// TERM`, SIGTERM or SIGINT from the host), pass SIGTERM on to every process in the sandbox,
-/// give them `TERMINATION_GRACE` to exit, SIGKILL the rest and exit 0. The sender tells
-/// outside from inside: a signal from outside our pid namespace carries pid 0; the same signal
-/// from sandbox code carries that code's pid and is ignored, like every signal from inside.
-fn forward_termination() -> Result<(), String> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    use signal_hook::iterator::exfiltrator::WithOrigin;
-    use signal_hook::iterator::SignalsInfo;
-    let mut signals = SignalsInfo::<WithOrigin>::new([SIGTERM, SIGINT])
-        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
-    std::thread::Builder::new()
-        .name("termination".into())
-        .spawn(move || {
-            let from_outside = |o: &signal_hook::low_level::siginfo::Origin| {
-                o.process.as_ref().is_none_or(|p| p.pid == 0)
-            };
-            if signals.forever().any(|o| from_outside(&o)) {
-                signal_everyone(libc::SIGTERM);
-                let deadline = std::time::Instant::now() + TERMINATION_GRACE;
-                while others_alive() && std::time::Instant::now() < deadline {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                signal_everyone(libc::SIGKILL);
-                std::process::exit(0);
-            }
-        })
-        .map_err(|e| format!("cannot start the termination thread: {e}"))?;
-    Ok(())
-}
-
-/// kill(-1, sig): every process we may signal but ourselves (as PID 1 of the sandbox's pid
-/// namespace: every process of the sandbox).
-fn signal_everyone(sig: i32) {
-    // rustix has no kill(-1); libc's is a plain syscall wrapper.
-    // SAFETY: kill has no memory-safety preconditions.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(-1, sig);
-    }
-}
-
-/// Whether any process other than us remains in our pid namespace (the reaper collects
-/// the exited ones).
-fn others_alive() -> bool {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .map(|dir| {
-            dir.flatten().any(|e| {
-                let name = e.file_name();
-                let name = name.to_string_lossy();
-                name.bytes().all(|b| b.is_ascii_digit()) && name != me.as_str()
-            })
-        })
-        .unwrap_or(false)
-}
-
-/// Catches (and ignores) the terminating signals sandbox code could send us. On the native
-/// backend the kernel already drops them (we are PID 1 of a pid namespace and had no handler
-/// for them); gVisor's Sentry does not give its init that protection, so without handlers
-/// `kill -TERM 1` from the code would end the sandbox. Handlers, unlike SIG_IGN, are reset in
-/// the processes we start. SIGKILL cannot be caught (see docs/threat-model.md).
-fn survive_signals() -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    for kind in [
-        SignalKind::hangup(),
-        SignalKind::interrupt(),
-        SignalKind::terminate(),
-        SignalKind::quit(),
-        SignalKind::user_defined1(),
-        SignalKind::user_defined2(),
-        SignalKind::alarm(),
-    ] {
-        let mut stream = signal(kind).map_err(|e| format!("cannot handle {kind:?}: {e}"))?;
-        tokio::spawn(async move { while stream.recv().await.is_some() {} });
-    }
-    Ok(())
 }
 
 /// The official CodeInterpreter checks that something listens on 44771 inside the sandbox

@@ -117,13 +117,6 @@ impl Control {
         out.join("; ")
     }
 
-    /// Asks the sandbox to stop: SIGTERM to its init. An agent init forwards it to every
-    /// process and exits after a grace period; anything else may ignore it (then `kill`).
-    pub fn terminate(&self) {
-        let _ =
-            rustix::process::pidfd_send_signal(&self.inner.pidfd, rustix::process::Signal::TERM);
-    }
-
     /// Whether this sandbox can be paused (it has a cgroup with a freezer).
     pub fn can_pause(&self) -> bool {
         self.inner.freezer.is_some()

@@ -227,6 +227,51 @@ async fn background_command_status_logs_and_interrupt() {
     assert_eq!(v["exit_code"], 137);
 }
 
+/// Reading a background command's logs before its first line gives no cursor, so following
+/// the tail never skips the first line (a `0` cursor used to).
+#[tokio::test]
+async fn the_tail_cursor_is_absent_until_there_is_a_line() {
+    let s = state();
+    let (_, body) = call(
+        &s,
+        "POST",
+        "/command",
+        Some(json!({"command": "sleep 0.5; echo first; echo second", "background": true})),
+    )
+    .await;
+    let id = events(&body)[0].text.clone().expect("id");
+    let logs = |cursor: Option<String>| {
+        let s = s.clone();
+        let id = id.clone();
+        async move {
+            let uri = match cursor {
+                Some(c) => format!("/command/{id}/logs?cursor={c}"),
+                None => format!("/command/{id}/logs"),
+            };
+            let req = Request::builder()
+                .uri(uri)
+                .header("X-EXECD-ACCESS-TOKEN", TOKEN)
+                .body(Body::empty())
+                .expect("request");
+            let resp = app(s).oneshot(req).await.expect("response");
+            let cursor = resp
+                .headers()
+                .get("EXECD-COMMANDS-TAIL-CURSOR")
+                .map(|v| v.to_str().expect("ascii").to_owned());
+            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+            (String::from_utf8_lossy(&bytes).into_owned(), cursor)
+        }
+    };
+    let (text, cursor) = logs(None).await;
+    assert_eq!((text.as_str(), cursor.as_deref()), ("", None));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (text, cursor) = logs(cursor).await;
+    assert_eq!(text, "first\nsecond\n");
+    assert_eq!(cursor.as_deref(), Some("1"));
+    let (text, cursor) = logs(cursor).await;
+    assert_eq!((text.as_str(), cursor.as_deref()), ("", Some("1")));
+}
+
 #[tokio::test]
 async fn bad_requests_get_the_error_shape() {
     let s = state();

@@ -133,52 +133,6 @@ fn agent_survives_kill_minus_one_and_signals_to_pid_1() {
 }
 
 #[test]
-fn a_sigterm_from_the_host_is_forwarded_and_the_agent_exits() {
-    require_root!();
-    let workspace = std::env::temp_dir().join(format!("runbox-term-{}", std::process::id()));
-    std::fs::create_dir_all(&workspace).expect("workspace");
-    let mut policy = Policy::new(Vec::new());
-    policy.limits.timeout = Some(Duration::from_secs(120));
-    policy.filesystem.workspace = Some(workspace.clone());
-    policy.argv = agent_argv(&policy, &[]);
-    let mut sb = AgentSandbox::start(policy, &agent_binary()).expect("sandbox starts");
-    let client = sb.client();
-    let sandbox = sb.sandbox.take().expect("jail handle");
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done_tx.send(sandbox.wait(&mut runbox_jail::Discard));
-    });
-    runtime().block_on(async {
-        client
-            .wait_ready(Duration::from_secs(10))
-            .await
-            .expect("ready");
-        // A process that exits cleanly on SIGTERM (it writes a marker), and one that
-        // ignores it (it must be killed after the grace period).
-        command(
-            &client,
-            "sh -c 'trap \"echo bye > /workspace/terminated; exit 0\" TERM; while :; do sleep 0.1; done' > /dev/null 2>&1 &",
-            Some(5_000),
-        )
-        .await;
-        command(&client, "sh -c 'trap \"\" TERM; sleep 600' > /dev/null 2>&1 &", Some(5_000)).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    });
-    sb.killer.terminate();
-    let outcome = done_rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("the sandbox ended within the grace period")
-        .expect("outcome");
-    assert_eq!(outcome.exit_code, Some(0), "{outcome:?}");
-    let marker = std::fs::read_to_string(workspace.join("terminated"));
-    let _ = std::fs::remove_dir_all(&workspace);
-    assert_eq!(
-        marker.expect("the SIGTERM reached the sandbox's processes"),
-        "bye\n"
-    );
-}
-
-#[test]
 fn agent_survives_a_fork_bomb() {
     require_root!();
     let sb = start(64);

@@ -44,6 +44,7 @@ fn document_covers_every_route() {
         ("/v1/sandboxes", &["get", "post"][..]),
         ("/v1/sandboxes/{id}", &["get", "delete"]),
         ("/v1/sandboxes/{id}/metadata", &["patch"]),
+        ("/v1/sandboxes/{id}/isolation", &["get"]),
         ("/v1/sandboxes/{id}/pause", &["post"]),
         ("/v1/sandboxes/{id}/resume", &["post"]),
         ("/v1/sandboxes/{id}/renew-expiration", &["post"]),
@@ -64,7 +65,7 @@ fn document_covers_every_route() {
             assert!(paths[path][m].is_object(), "{m} {path} is not documented");
         }
     }
-    assert_eq!(paths.len(), 15, "undocumented or unexpected paths");
+    assert_eq!(paths.len(), 16, "undocumented or unexpected paths");
     // Every lifecycle operation asks for the API key.
     for (path, item) in paths.iter().filter(|(p, _)| {
         p.starts_with("/v1/") && !matches!(p.as_str(), "/v1/health" | "/v1/openapi.json")
