@@ -74,6 +74,26 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// The default configuration with everything the agent and its processes write (the
+    /// workspace, HOME, the EXECD_ENVS file) inside `dir`: for running the agent outside a
+    /// sandbox (tests), where /workspace and /tmp are the host's.
+    pub fn in_dir(dir: PathBuf) -> Self {
+        let envs_file = dir.join(".execd_envs");
+        let mut config = Self::default();
+        for (key, value) in &mut config.env {
+            match key.as_str() {
+                "HOME" => *value = dir.display().to_string(),
+                "EXECD_ENVS" => *value = envs_file.display().to_string(),
+                _ => {}
+            }
+        }
+        config.envs_file = envs_file;
+        config.workspace = dir;
+        config
+    }
+}
+
 /// Shared state of all handlers.
 #[derive(Debug, Clone)]
 pub struct AppState {

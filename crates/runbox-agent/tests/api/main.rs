@@ -28,8 +28,7 @@ fn state() -> AppState {
     std::fs::create_dir_all(&dir).expect("workspace");
     let state = AppState::new(Config {
         token: TOKEN.into(),
-        workspace: dir,
-        ..Config::default()
+        ..Config::in_dir(dir)
     });
     state.procs.start_reaper().expect("reaper");
     state

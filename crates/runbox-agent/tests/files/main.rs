@@ -38,8 +38,7 @@ impl Sandbox {
         std::fs::create_dir_all(&dir).expect("create workspace");
         let app = runbox_agent::app(AppState::new(Config {
             token: TOKEN.into(),
-            workspace: dir.clone(),
-            ..Default::default()
+            ..Config::in_dir(dir.clone())
         }));
         Self { dir, app }
     }

@@ -50,9 +50,8 @@ fn config(output_cap: usize) -> Config {
     ));
     std::fs::create_dir_all(&dir).expect("workspace");
     Config {
-        workspace: dir,
         output_cap,
-        ..Config::default()
+        ..Config::in_dir(dir)
     }
 }
 
