@@ -772,9 +772,16 @@ impl Manager {
             backend: live.instance.backend().to_string(),
             isolation: live.isolation.clone(),
         };
-        self.store
+        let inserted = self
+            .store
             .insert_sandbox(&row)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .map_err(|e| ApiError::Internal(e.to_string()));
+        if let Err(e) = inserted {
+            // Not recorded, so not ours to keep: containers and runsc sandboxes do not end
+            // when their handle is dropped.
+            live.instance.kill().await;
+            return Err(e);
+        }
         Ok((row, live))
     }
 
