@@ -247,6 +247,7 @@ impl Runtime for NativeRuntime {
         let enforcement =
             serde_json::to_value(sandbox.enforcement()).unwrap_or(serde_json::Value::Null);
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let (reaped_tx, reaped) = tokio::sync::watch::channel(false);
         // The jail's wait blocks: supervise on a thread of its own.
         std::thread::Builder::new()
             .name("sandbox-wait".into())
@@ -265,6 +266,8 @@ impl Runtime for NativeRuntime {
                         detail: e.to_string(),
                     },
                 };
+                // `wait` consumed the sandbox: reaped and its cgroup removed.
+                let _ = reaped_tx.send(true);
                 let _ = tx.send(ended);
             })
             .map_err(|e| start_err(format!("cannot start the supervisor thread: {e}")))?;
@@ -276,6 +279,7 @@ impl Runtime for NativeRuntime {
             }),
             sandbox: started,
             ended: tokio::sync::Mutex::new(Some(rx)),
+            reaped,
         }))
     }
 
@@ -313,6 +317,8 @@ struct NativeInstance {
     sandbox: AgentSandbox,
     isolation: serde_json::Value,
     ended: tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<Ended>>>,
+    /// Turns true once the supervisor has reaped the sandbox and removed its cgroup.
+    reaped: tokio::sync::watch::Receiver<bool>,
 }
 
 #[async_trait::async_trait]
@@ -325,9 +331,17 @@ impl Instance for NativeInstance {
         self.sandbox.client()
     }
 
+    /// Returns once the sandbox is reaped and its cgroup gone (bounded), so a caller that
+    /// exits right after (a server shutting down) leaves nothing behind.
     async fn kill(&self) {
         self.sandbox.killer.kill();
         let _ = fs::remove_file(&self.sandbox.socket);
+        let mut reaped = self.reaped.clone();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            reaped.wait_for(|done| *done),
+        )
+        .await;
     }
 
     fn can_pause(&self) -> bool {
