@@ -19,6 +19,10 @@ use runbox_server::config::{Config, Quotas, TenantConfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The tests of this binary run one at a time: they measure the server's memory and timing,
+/// and a parallel neighbour (another 1 GiB stream) would blur both.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
@@ -386,6 +390,7 @@ async fn stream_request(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn five_hundred_parallel_creates_against_a_quota_of_ten() {
+    let _serial = SERIAL.lock().await;
     require_root!();
     let s = Arc::new(spawn_server(10).await);
     let before = rss();
@@ -461,6 +466,7 @@ async fn five_hundred_parallel_creates_against_a_quota_of_ten() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_one_gib_create_body_is_refused_before_it_is_read() {
+    let _serial = SERIAL.lock().await;
     require_root!();
     let s = spawn_server(5).await;
     // Warm up the connection path so one-time allocations do not count as growth.
@@ -518,6 +524,7 @@ async fn a_one_gib_create_body_is_refused_before_it_is_read() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_create_bodies_are_fast_400s_with_the_error_shape() {
+    let _serial = SERIAL.lock().await;
     require_root!();
     let s = spawn_server(5).await;
     let mut nested = vec![b'['; 100_000];

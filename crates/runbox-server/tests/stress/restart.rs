@@ -141,6 +141,7 @@ fn still_alive(pids: &BTreeSet<u32>) -> Vec<u32> {
 
 #[test]
 fn kill_9_kills_the_sandboxes_and_a_restart_recovers() {
+    let _serial = crate::SERIAL.blocking_lock();
     require_root!();
     let data = temp_dir("restart");
     let port = free_port();

@@ -40,6 +40,7 @@ fn disk_usage(dir: &std::path::Path) -> u64 {
 /// before the 10 GiB are sent.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ten_gib_upload_past_the_disk_quota_is_a_fast_413() {
+    let _serial = crate::SERIAL.lock().await;
     require_root!();
     let s = spawn_server(5).await;
     let (id, token) = create(&s, Some(json!({ "runbox.disk": "64Mi" })))
@@ -53,6 +54,7 @@ async fn a_ten_gib_upload_past_the_disk_quota_is_a_fast_413() {
 /// are through and the client hangs up.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ten_gib_upload_with_default_limits_streams_and_leaves_nothing() {
+    let _serial = crate::SERIAL.lock().await;
     require_root!();
     let s = spawn_server(5).await;
     let (id, token) = create(&s, None)
