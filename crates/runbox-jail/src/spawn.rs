@@ -396,9 +396,21 @@ fn write_id_maps(child: i32, ids: &HostIds) -> Result<(), JailError> {
     })
 }
 
+/// SIGKILL `pid` and reap it. The signal is sent again until the child is gone: we have seen a
+/// freshly cloned init still blocked on its go pipe while its parent waited for it after one
+/// SIGKILL (a CI hang); a repeated kill costs nothing and a blocking wait without it can hang
+/// the spawner thread forever.
 pub(crate) fn kill_and_reap(pid: Pid) {
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-    let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+    use rustix::process::{kill_process, waitpid, Signal, WaitOptions};
+    for _ in 0..500 {
+        let _ = kill_process(pid, Signal::KILL);
+        match waitpid(Some(pid), WaitOptions::NOHANG) {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+    let _ = kill_process(pid, Signal::KILL);
+    let _ = waitpid(Some(pid), WaitOptions::empty());
 }
 
 fn enforcement(

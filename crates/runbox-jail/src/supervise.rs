@@ -322,8 +322,7 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         if !self.reaped {
             self.kill();
-            let _ =
-                rustix::process::waitpid(Some(self.init), rustix::process::WaitOptions::empty());
+            crate::spawn::kill_and_reap(self.init);
         }
     }
 }
