@@ -465,7 +465,11 @@ pub(crate) fn idmap_namespace(owner: (u32, u32), host: (u32, u32)) -> Result<Own
     let child =
         match sys::clone_process(libc::CLONE_NEWUSER as libc::c_ulong).map_err(JailError::Clone)? {
             sys::Forked::Child => {
-                drop(hold_write);
+                // Only our own read end: a copy of another thread's hold pipe (two sandboxes
+                // starting at once) would keep that helper from ever seeing EOF, and its copy
+                // of ours would keep us: both spawner threads then wait forever (seen in CI).
+                let _ = sys::close_all_except(&[hold_read.as_raw_fd()]);
+                std::mem::forget(hold_write);
                 let mut b = [0u8; 1];
                 let _ = rustix::io::read(hold_read.as_fd(), &mut b);
                 sys::exit_now(0);
