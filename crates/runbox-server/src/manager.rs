@@ -161,17 +161,6 @@ fn disk_quota(key: &str, value: Option<&str>) -> Result<Option<u64>, ApiError> {
         .transpose()
 }
 
-/// An error and its causes, for a message that hides no step.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut shown = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        shown.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    shown
-}
-
 fn shell_join(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
@@ -630,7 +619,7 @@ impl Manager {
             .map_err(|e| {
                 StartFailure::Other(ApiError::Internal(format!(
                     "cannot create the workspace: {}",
-                    error_chain(&e)
+                    runbox_runtime::error_chain(&e)
                 )))
             })?;
         let started = self
