@@ -20,6 +20,8 @@ use std::process::ExitCode;
 
 use runbox_agent::{app, AppState, Config};
 
+mod signals;
+
 #[derive(Debug, Default)]
 struct Args {
     listen_fd: Option<i32>,
@@ -144,10 +146,22 @@ fn listener(args: &Args) -> Result<std::os::unix::net::UnixListener, String> {
 fn main() -> ExitCode {
     // Before anything else: nobody in the sandbox may read our memory or /proc/1/*.
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    // Before any thread exists, so that every thread has them blocked (see signals.rs).
+    let termination = match signals::block_termination() {
+        Ok(blocked) => blocked,
+        Err(e) => {
+            eprintln!("runbox-agent: cannot block SIGTERM and SIGINT: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let setup = parse_args().and_then(|mut a| {
         if a.seccomp {
             confine_self()?;
         }
+        // After the filter (it holds for the threads started after it), before the token
+        // (a stop requested while we wait for it still stops us).
+        signals::forward_termination(termination)
+            .map_err(|e| format!("cannot start the termination thread: {e}"))?;
         a.config.token = read_token(&a)?;
         let l = listener(&a)?;
         l.set_nonblocking(true).map_err(|e| e.to_string())?;

@@ -40,6 +40,36 @@ fn registered() -> &'static Mutex<HashSet<i32>> {
     SET.get_or_init(|| Mutex::new(HashSet::new()))
 }
 
+/// Opens the spawning thread's signal mask for one spawn and closes it again. The agent's
+/// main blocks SIGTERM and SIGINT in every thread (see its signals.rs), a child starts with
+/// the mask of the thread that spawned it, and std does not clear it: without this, every
+/// command would start deaf to SIGTERM. Set once, by main; unset (tests), spawns are plain.
+#[derive(Debug, Clone, Copy)]
+pub struct SpawnMask {
+    pub open: fn(),
+    pub close: fn(),
+}
+
+static SPAWN_MASK: OnceLock<SpawnMask> = OnceLock::new();
+
+/// Sets the mask hooks every spawn runs between (once; later calls are ignored).
+pub fn set_spawn_mask(mask: SpawnMask) {
+    let _ = SPAWN_MASK.set(mask);
+}
+
+/// `cmd.spawn()` with the spawning thread's mask opened (see `SpawnMask`).
+fn spawn_unmasked(cmd: &mut Command) -> io::Result<std::process::Child> {
+    let mask = SPAWN_MASK.get();
+    if let Some(m) = mask {
+        (m.open)();
+    }
+    let child = cmd.spawn();
+    if let Some(m) = mask {
+        (m.close)();
+    }
+    child
+}
+
 /// The registry of spawned processes.
 #[derive(Clone, Default)]
 pub struct Procs {}
@@ -95,9 +125,9 @@ impl Procs {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
         let mut set = registered().lock().unwrap_or_else(|p| p.into_inner());
-        let mut child = match (cmd.spawn(), fallback) {
+        let mut child = match (spawn_unmasked(cmd), fallback) {
             (Ok(child), _) => child,
-            (Err(_), Some(fallback)) => fallback.process_group(0).spawn()?,
+            (Err(_), Some(fallback)) => spawn_unmasked(fallback.process_group(0))?,
             (Err(e), None) => return Err(e),
         };
         let pid = child.id() as i32;
@@ -226,33 +256,58 @@ fn exit_of(st: &rustix::process::WaitIdStatus) -> Exit {
 
 /// Reaps zombie children nobody registered (orphans reparented to us as PID 1).
 fn sweep_orphans() {
-    let me = std::process::id().to_string();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return;
-    };
+    let me = std::process::id() as i32;
     let set = registered().lock().unwrap_or_else(|p| p.into_inner());
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
+    for pid in other_pids() {
         if set.contains(&pid) {
             continue;
         }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let (state, ppid) = (fields.next(), fields.next());
-        if state == Some("Z") && ppid == Some(me.as_str()) {
-            if let Some(p) = Pid::from_raw(pid) {
-                let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG);
+        if let Some(Stat { state: 'Z', ppid }) = stat(pid) {
+            if ppid == me {
+                if let Some(p) = Pid::from_raw(pid) {
+                    let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG);
+                }
             }
         }
     }
+}
+
+/// Whether any process but us is still running (zombies do not count): as PID 1, whether
+/// anything of the sandbox is left.
+pub fn others_running() -> bool {
+    other_pids().any(|pid| stat(pid).is_some_and(|s| s.state != 'Z'))
+}
+
+/// The pids in /proc but ours.
+fn other_pids() -> impl Iterator<Item = i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(move |&pid| pid != me)
+}
+
+/// The fields of /proc/PID/stat we use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    state: char,
+    ppid: i32,
+}
+
+/// `None` once the process is gone (reaped).
+fn stat(pid: i32) -> Option<Stat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_stat(stat: &str) -> Option<Stat> {
+    // The command name is in parentheses and may hold anything, ')' and spaces included.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some(Stat { state, ppid })
 }
 
 /// Sends `sig` to the whole process group `pgid`.
@@ -269,4 +324,33 @@ pub fn piped(program: impl AsRef<std::ffi::OsStr>) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_odd_command_names() {
+        assert_eq!(
+            parse_stat("42 (a) b (c) Z 1 42 42 0 -1"),
+            Some(Stat {
+                state: 'Z',
+                ppid: 1
+            })
+        );
+        assert_eq!(parse_stat("42 (sleep) S"), None);
+        assert_eq!(parse_stat(""), None);
+    }
+
+    #[test]
+    fn others_running_sees_a_child() {
+        let mut child = Command::new("sleep").arg("5").spawn().expect("sleep");
+        assert!(others_running());
+        let pid = child.id() as i32;
+        assert_eq!(stat(pid).map(|s| s.ppid), Some(std::process::id() as i32));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(stat(pid), None);
+    }
 }

@@ -87,9 +87,13 @@ pub(crate) fn init_main(prepared: &Prepared, pipes: ChildPipes) -> ! {
         exec_command(prepared, &pipes);
     }
 
-    let command = match sys::fork_process() {
-        Ok(sys::Forked::Child) => exec_command(prepared, &pipes),
-        Ok(sys::Forked::Parent { child }) => child,
+    // The command starts posix_spawn-style, without copying our page tables; we are
+    // suspended until it has exec'd.
+    let mut stack = [0u8; 32 * 1024];
+    let command = match sys::spawn_sharing_memory(&mut stack, || -> std::convert::Infallible {
+        exec_command(prepared, &pipes)
+    }) {
+        Ok(child) => child,
         Err(e) => {
             send(
                 &pipes,

@@ -197,21 +197,7 @@ impl Sandbox {
             .collect::<Result<Vec<_>, _>>()?;
         let id = random_id();
         let ids = HostIds::allocate(policy.uid, policy.gid).map_err(JailError::Ids)?;
-        // The cgroup (mkdirs and limit writes, about a millisecond on v1) is made on a second
-        // thread while this one prepares the plan; the thread is joined before clone, so
-        // none of our own work is in flight in the child's copy of the process.
-        let (prepared, made) = std::thread::scope(|scope| {
-            let made = scope.spawn(|| cgroup_for(policy, &id));
-            let prepared = prepare::prepare(policy, &ids);
-            let made = made.join().unwrap_or_else(|_| {
-                Err(JailError::Supervise(std::io::Error::other(
-                    "cgroup thread panicked",
-                )))
-            });
-            (prepared, made)
-        });
-        let (cgroup, cgroup_report) = made?;
-        let mut prepared = prepared?;
+        let mut prepared = prepare::prepare(policy, &ids)?;
         prepared.pass_fds = pass_fds.iter().map(|fd| fd.as_raw_fd()).collect();
         prepared.as_pid1 = launch.as_pid1;
 
@@ -288,8 +274,17 @@ impl Sandbox {
             kill_and_reap(init);
             return Err(e);
         }
-        // The child builds its filesystem meanwhile; it waits for the second byte before it
-        // drops privileges, so nothing of the command runs outside the cgroup.
+        // The child builds its filesystem meanwhile (about 2 ms), which hides the cgroup's
+        // mkdirs and limit writes (about 1 ms on v1); it waits for the second byte before it
+        // drops privileges, so nothing of the command runs outside the cgroup. A cgroup error
+        // (a limit this host cannot enforce) ends the half-built child here.
+        let (cgroup, cgroup_report) = match cgroup_for(policy, &id) {
+            Ok(made) => made,
+            Err(e) => {
+                kill_and_reap(init);
+                return Err(e);
+            }
+        };
         let joined = (|| {
             let oom_fd = match &cgroup {
                 Some(cg) => {

@@ -697,6 +697,10 @@ fn ended_from(c: &ContainerInspectResponse, code: Option<i64>, killed: bool) -> 
             status: "signaled".into(),
             detail: format!("signal {}{error}", c - 128),
         },
+        0 => Ended {
+            status: "stopped".into(),
+            detail: format!("the agent forwarded a stop from outside and exited 0{error}"),
+        },
         c => Ended {
             status: "exited".into(),
             detail: format!("exit code {c}{error}"),

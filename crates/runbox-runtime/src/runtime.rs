@@ -124,7 +124,9 @@ pub enum RuntimeError {
 /// How a sandbox ended, as far as the backend knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Ended {
-    /// `exited`, `signaled`, `killed`, `oom`, `gone` (the container vanished), ...
+    /// `stopped` (the agent exited 0, which it does only after forwarding a stop from
+    /// outside: `docker stop`, `runsc kill`, SIGTERM from the host), `exited` (any other
+    /// code), `signaled`, `killed`, `oom`, `gone` (the container vanished), ...
     pub status: String,
     pub detail: String,
 }

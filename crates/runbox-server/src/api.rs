@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{FromRequest, Path, Query, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
 
 use crate::auth::Tenant;
-use crate::error::{ApiError, JsonBody};
+use crate::error::ApiError;
 use crate::manager::{now, parse_rfc3339, rfc3339};
 use crate::openapi::{ErrorBody, Extensions};
 use crate::store::SandboxRow;
@@ -180,6 +180,31 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
+/// A JSON request body. One over the server's `max_body_bytes` (the route's
+/// `DefaultBodyLimit`) is 413 `PAYLOAD_TOO_LARGE`, not a malformed request; anything else
+/// wrong with it is 400 `INVALID_REQUEST`.
+#[derive(Debug)]
+pub struct LimitedJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for LimitedJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Self(v)),
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge {
+                    limit: state.manager.config.max_body_bytes,
+                })
+            }
+            Err(r) => Err(ApiError::BadRequest(format!(
+                "invalid request body: {}",
+                r.body_text()
+            ))),
+        }
+    }
+}
+
 #[utoipa::path(
     post,
     path = "/v1/sandboxes",
@@ -191,6 +216,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
         (status = 202, description = "Created and running", body = Sandbox, headers(("Location" = String, description = "`/v1/sandboxes/{id}`"))),
         (status = 400, description = "Invalid request: `INVALID_REQUEST`", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server's `max_body_bytes`: `PAYLOAD_TOO_LARGE`", body = ErrorBody),
         (status = 429, description = "The tenant's or the server's sandbox quota is used up: `QUOTA_EXCEEDED`", body = ErrorBody),
         (status = 503, description = "The sandbox could not be started: `UNAVAILABLE`", body = ErrorBody),
     ),
@@ -199,7 +225,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 pub async fn create(
     State(state): State<AppState>,
     Extension(tenant): Extension<Tenant>,
-    JsonBody(req): JsonBody<CreateRequest>,
+    LimitedJson(req): LimitedJson<CreateRequest>,
 ) -> Result<Response, ApiError> {
     if req.snapshot_id.is_some() {
         return Err(ApiError::BadRequest(
@@ -529,6 +555,7 @@ pub async fn list(
         (status = 400, description = "Reserved key or non-string value: `INVALID_REQUEST`", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 404, description = "No such sandbox (or another tenant's): `SANDBOX_NOT_FOUND`", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server's `max_body_bytes`: `PAYLOAD_TOO_LARGE`", body = ErrorBody),
     ),
     security(("OPEN-SANDBOX-API-KEY" = [])),
 )]
@@ -536,7 +563,7 @@ pub async fn patch_metadata(
     State(state): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
-    JsonBody(patch): JsonBody<Map<String, Value>>,
+    LimitedJson(patch): LimitedJson<Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
     let mut row = owned_row(&state, &tenant, &id)?;
     for (k, v) in &patch {
@@ -601,6 +628,7 @@ pub struct RenewRequest {
         (status = 400, description = "Not RFC 3339, in the past, or too far away: `INVALID_REQUEST`", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 404, description = "No such running sandbox: `SANDBOX_NOT_FOUND`", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server's `max_body_bytes`: `PAYLOAD_TOO_LARGE`", body = ErrorBody),
     ),
     security(("OPEN-SANDBOX-API-KEY" = [])),
 )]
@@ -608,7 +636,7 @@ pub async fn renew(
     State(state): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
-    JsonBody(req): JsonBody<RenewRequest>,
+    LimitedJson(req): LimitedJson<RenewRequest>,
 ) -> Result<Json<RenewResponse>, ApiError> {
     let live = state.manager.owned(&tenant.0, &id)?;
     let at = parse_rfc3339(&req.expires_at).ok_or_else(|| {

@@ -850,16 +850,27 @@ impl Manager {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
         if let Some(live) = removed {
-            let _ = self.store.set_state(
-                id,
-                "Failed",
-                Some("agent_exited"),
-                Some(&format!(
-                    "the sandbox's agent exited ({}: {})",
-                    ended.status, ended.detail
-                )),
-                &rfc3339(now()),
-            );
+            // A stop from outside runbox (`docker stop`, `runsc kill`, SIGTERM from the host)
+            // is an orderly end: the agent gave every process its SIGTERM and exited 0.
+            let (state, reason, message) = if ended.status == "stopped" {
+                (
+                    "Terminated",
+                    "stopped_outside",
+                    format!("stopped from outside runbox: {}", ended.detail),
+                )
+            } else {
+                (
+                    "Failed",
+                    "agent_exited",
+                    format!(
+                        "the sandbox's agent exited ({}: {})",
+                        ended.status, ended.detail
+                    ),
+                )
+            };
+            let _ = self
+                .store
+                .set_state(id, state, Some(reason), Some(&message), &rfc3339(now()));
             // Whatever the backend still holds (a stopped container) goes too.
             tokio::spawn(async move { live.instance.kill().await });
         }

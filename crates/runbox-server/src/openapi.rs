@@ -33,6 +33,8 @@ pub enum ErrorCode {
     NotFound,
     /// 409
     Conflict,
+    /// 413, for request bodies over the server's `max_body_bytes`
+    PayloadTooLarge,
     /// 429
     QuotaExceeded,
     /// 503

@@ -4,6 +4,8 @@
 //! keys are stripped, never forwarded. Commands, code runs and file writes are audited, with
 //! their outcome read from the event stream as it passes.
 
+mod exchange;
+
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
@@ -12,6 +14,7 @@ use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use hyper_util::rt::TokioIo;
 use runbox_proto::execd::{ACCESS_TOKEN_HEADER, EXECD_PORT};
 use serde_json::{json, Value};
@@ -129,7 +132,7 @@ async fn forward(
     builder = builder.header("host", host);
 
     // Audited JSON requests are buffered (bounded) so the record can say what ran.
-    let (body, detail) = match kind {
+    let (body, detail, buffered) = match kind {
         Some("command" | "code" | "session.run") => {
             let bytes = axum::body::to_bytes(req.into_body(), AUDITED_BODY_MAX)
                 .await
@@ -148,35 +151,49 @@ async fn forward(
             if let Some(ctx) = v.get("context") {
                 detail["context"] = ctx.clone();
             }
-            (Body::from(bytes), detail)
+            (Body::from(bytes), detail, true)
         }
         _ => (
-            req.into_body(),
+            Body::new(exchange::Lingering::new(req.into_body())),
             json!({ "path": path, "query": query.trim_start_matches('?') }),
+            false,
         ),
     };
+    let streamed = !buffered && !body.is_end_stream();
     let outgoing = builder
         .body(body)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
 
     let started = Instant::now();
-    let answered = if port == EXECD_PORT {
-        // The agent: over the sandbox's kept-alive channel (a fresh one when it is busy).
+    let did_not_answer = |e: String| {
+        ApiError::Unavailable(format!("port {port} of the sandbox did not answer: {e}"))
+    };
+    let mut resp = if port == EXECD_PORT && !streamed {
+        // Nothing left to stream to the agent: over the sandbox's kept-alive channel (a fresh
+        // one when it is busy).
         let outgoing = outgoing.map(|b| {
             b.map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
                 .boxed_unsync()
         });
-        live.client.send(outgoing).await.map_err(|e| e.to_string())
+        let resp = live.client.send(outgoing).await;
+        resp.map_err(|e| did_not_answer(runbox_runtime::error_chain(&e)))?
+            .map(Body::new)
     } else {
-        let mut sender = connect_port(&live, port).await?;
-        sender
-            .send_request(outgoing)
-            .await
-            .map_err(|e| e.to_string())
+        // A streamed body (an upload) gets a connection of its own, one that lets the answer
+        // through when the upstream answers before reading it all (issue 4); so does every
+        // request to the sandbox's own services.
+        let io: runbox_runtime::Stream = if port == EXECD_PORT {
+            let socket = tokio::net::UnixStream::connect(&live.client.socket)
+                .await
+                .map_err(|e| did_not_answer(format!("cannot connect to the agent: {e}")))?;
+            Box::new(socket)
+        } else {
+            connect_port(&live, port).await?
+        };
+        let resp = exchange::exchange(io, outgoing).await;
+        resp.map_err(|e| did_not_answer(runbox_runtime::error_chain(&e)))?
+            .map(Body::new)
     };
-    let mut resp = answered.map_err(|e| {
-        ApiError::Unavailable(format!("port {port} of the sandbox did not answer: {e}"))
-    })?;
     if let (Some(client_side), hyper::StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {
         return switch_protocols(client_side, &mut resp);
     }
@@ -191,7 +208,7 @@ async fn forward(
 
     let Some(kind) = kind else {
         return Ok(response
-            .body(Body::new(incoming))
+            .body(incoming)
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .into_response());
     };
@@ -211,7 +228,7 @@ async fn forward(
             Some(started.elapsed().as_secs_f64() * 1000.0),
         );
         return Ok(response
-            .body(Body::new(incoming))
+            .body(incoming)
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .into_response());
     }
@@ -242,7 +259,7 @@ async fn forward(
 /// Answers 101 with the service's headers and splices the two upgraded connections.
 fn switch_protocols(
     client_side: hyper::upgrade::OnUpgrade,
-    resp: &mut hyper::Response<hyper::body::Incoming>,
+    resp: &mut hyper::Response<Body>,
 ) -> Result<Response, ApiError> {
     let service_side = hyper::upgrade::on(&mut *resp);
     let mut response = Response::builder().status(hyper::StatusCode::SWITCHING_PROTOCOLS);
@@ -263,27 +280,15 @@ fn switch_protocols(
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-/// An HTTP/1 connection to `127.0.0.1:port` inside the sandbox (its own network namespace,
-/// or a tunnel through the agent where the host cannot enter it).
+/// A connection to `127.0.0.1:port` inside the sandbox (its own network namespace, or a
+/// tunnel through the agent where the host cannot enter it).
 async fn connect_port(
     live: &crate::manager::Live,
     port: u16,
-) -> Result<hyper::client::conn::http1::SendRequest<Body>, ApiError> {
-    let unreachable = |e: String| {
+) -> Result<runbox_runtime::Stream, ApiError> {
+    live.instance.connect_tcp(port).await.map_err(|e| {
         ApiError::Unavailable(format!("port {port} of the sandbox is not reachable: {e}"))
-    };
-    let stream = live
-        .instance
-        .connect_tcp(port)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-    Ok(sender)
+    })
 }
 
 /// Writes the audit record of a streamed execution when the stream is dropped.

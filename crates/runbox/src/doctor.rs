@@ -111,14 +111,14 @@ pub fn main(args: DoctorArgs) -> i32 {
             backends,
             live_check: live,
         };
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
         return if ok { 0 } else { 1 };
     }
     let h = &host;
-    println!(
+    out!(
         "runbox doctor — kernel {}{}",
         h.kernel,
         if h.running_as_root {
@@ -127,7 +127,7 @@ pub fn main(args: DoctorArgs) -> i32 {
             ", not root"
         }
     );
-    println!(
+    out!(
         "  [{}] user namespaces   {}",
         mark(h.user_namespaces.available),
         h.user_namespaces.detail
@@ -135,28 +135,28 @@ pub fn main(args: DoctorArgs) -> i32 {
     let cg_version = h
         .cgroup_version
         .map_or("none".to_owned(), |v| format!("{v:?}").to_lowercase());
-    println!(
+    out!(
         "  [{}] cgroups           {cg_version}: controllers {} ({})",
         mark(h.cgroup.available),
         h.cgroup_controllers.join(","),
         h.cgroup.detail
     );
-    println!(
+    out!(
         "  [{}] landlock          ABI {}",
         mark(h.landlock_abi > 0),
         h.landlock_abi
     );
-    println!(
+    out!(
         "  [{}] seccomp           {}",
         mark(h.seccomp.available),
         h.seccomp.detail
     );
-    println!(
+    out!(
         "  [{}] mount API         {}",
         mark(h.mount_api.available),
         h.mount_api.detail
     );
-    println!(
+    out!(
         "  [{}] pidfd             {}",
         mark(h.pidfd.available),
         h.pidfd.detail
@@ -166,26 +166,26 @@ pub fn main(args: DoctorArgs) -> i32 {
     } else {
         "SLOW"
     };
-    println!(
+    out!(
         "  [{attach}] fast cgroup join  {}",
         h.fast_cgroup_attach.detail
     );
-    println!("\nisolation backends:");
+    out!("\nisolation backends:");
     for b in &backends.backends {
-        println!(
+        out!(
             "  [{}] {:<8} {}",
             mark(b.available),
             b.backend.as_str(),
             b.detail
         );
     }
-    println!(
+    out!(
         "  [{}] kvm      {}",
         mark(backends.kvm.available),
         backends.kvm.detail
     );
     let s = &backends.server;
-    println!(
+    out!(
         "\n`runbox serve` will isolate sandboxes with: {}",
         match (&s.effective, &s.note) {
             (Some(b), None) => format!("{b} (the configured default)"),
@@ -195,9 +195,9 @@ pub fn main(args: DoctorArgs) -> i32 {
     );
     match (&live.enforcement, &live.error) {
         (Some(e), _) => {
-            println!("\n`runbox run` will use:");
-            println!("  namespaces   {}", e.namespaces.join(", "));
-            println!(
+            out!("\n`runbox run` will use:");
+            out!("  namespaces   {}", e.namespaces.join(", "));
+            out!(
                 "  identity     uid {} inside, host uid {} ({})",
                 e.identity.uid,
                 e.identity.host_uid,
@@ -208,7 +208,7 @@ pub fn main(args: DoctorArgs) -> i32 {
                 }
             );
             match &e.cgroup.unavailable {
-                None => println!(
+                None => out!(
                     "  cgroup       {} with {} (memory {}, swap {}, cpus {}, pids {})",
                     cg_version,
                     e.cgroup.controllers.join(","),
@@ -219,29 +219,29 @@ pub fn main(args: DoctorArgs) -> i32 {
                     e.cgroup.cpus.map_or("-".into(), |c| c.to_string()),
                     e.cgroup.pids.map_or("-".into(), |p| p.to_string())
                 ),
-                Some(why) => println!("  cgroup       NOT ENFORCED: {why}"),
+                Some(why) => out!("  cgroup       NOT ENFORCED: {why}"),
             }
-            println!(
+            out!(
                 "  landlock     {:?} (kernel ABI {})",
-                e.landlock.status, e.landlock.kernel_abi
+                e.landlock.status,
+                e.landlock.kernel_abi
             );
-            println!(
+            out!(
                 "  seccomp      filter denying {} syscalls, x32 killed, clone3 -> ENOSYS",
                 e.seccomp.denied_syscalls
             );
-            println!(
-                "  privileges   no_new_privs, all capabilities dropped (bounding set included)"
-            );
-            println!(
+            out!("  privileges   no_new_privs, all capabilities dropped (bounding set included)");
+            out!(
                 "  filesystem   {}; workspace: {}",
-                e.filesystem.root, e.filesystem.workspace
+                e.filesystem.root,
+                e.filesystem.workspace
             );
-            println!("  network      {}", e.network);
-            println!("\nlive check: a sandbox started and ran /bin/true: ok");
+            out!("  network      {}", e.network);
+            out!("\nlive check: a sandbox started and ran /bin/true: ok");
             0
         }
         (None, Some(err)) => {
-            println!("\nlive check FAILED: {err}");
+            out!("\nlive check FAILED: {err}");
             1
         }
         (None, None) => 1,

@@ -187,7 +187,7 @@ async fn run_cell(
             ok = false;
         }
         if json_out {
-            println!("{}", serde_json::to_string(&e).unwrap_or_default());
+            out!("{}", serde_json::to_string(&e).unwrap_or_default());
         } else {
             print_event(&e);
         }
@@ -199,18 +199,18 @@ async fn run_cell(
 fn print_event(e: &Event) {
     let text = e.text.as_deref().unwrap_or_default();
     match e.kind {
-        EventKind::Stdout => println!("{text}"),
+        EventKind::Stdout => out!("{text}"),
         EventKind::Stderr => eprintln!("{text}"),
         EventKind::Status => eprintln!("runbox: {text}"),
         EventKind::Result => {
             let Some(results) = &e.results else { return };
             if let Some(t) = results.get("text").and_then(|t| t.as_str()) {
-                println!("{t}");
+                out!("{t}");
             }
             for (mime, data) in results {
                 if mime != "text" {
                     let size = data.as_str().map_or(0, str::len);
-                    println!("[{mime}: {size} bytes]");
+                    out!("[{mime}: {size} bytes]");
                 }
             }
         }

@@ -165,7 +165,7 @@ fn build(store: &ImageStore, args: BuildArgs) -> i32 {
     let code = load_into_docker(store, &image, args.no_docker, &progress);
     if code == 0 {
         eprintln!("done in {}", minutes(started.elapsed()));
-        println!("{}", image.name());
+        out!("{}", image.name());
     }
     code
 }
@@ -217,7 +217,7 @@ fn import(store: &ImageStore, args: ImportArgs) -> i32 {
     );
     let code = load_into_docker(store, &image, args.no_docker, &progress);
     if code == 0 {
-        println!("{}", image.name());
+        out!("{}", image.name());
     }
     code
 }
@@ -288,7 +288,7 @@ fn list(store: &ImageStore, args: ListArgs) -> i32 {
                 v
             })
             .collect();
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&out).unwrap_or_else(|_| "[]".into())
         );
@@ -324,7 +324,7 @@ fn list(store: &ImageStore, args: ListArgs) -> i32 {
             line.push_str(&format!("{cell:<w$}  "));
         }
         line.push_str(&row[4]);
-        println!("{line}");
+        out!("{line}");
     }
     0
 }

@@ -1,6 +1,14 @@
 //! The `runbox` command: one file per subcommand.
 #![forbid(unsafe_code)]
 
+/// `println!` that ignores a closed stdout (`runbox doctor | head`) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod doctor;
 mod exec;
 mod exit;

@@ -92,7 +92,7 @@ pub fn main(args: RunArgs) -> i32 {
                     stdout: String::from_utf8_lossy(&captured.stdout).into_owned(),
                     stderr: String::from_utf8_lossy(&captured.stderr).into_owned(),
                 };
-                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                out!("{}", serde_json::to_string(&report).unwrap_or_default());
             } else if !outcome.limits_hit.is_empty() {
                 let hits: Vec<String> = outcome
                     .limits_hit
@@ -122,7 +122,7 @@ pub fn main(args: RunArgs) -> i32 {
                     hint: e.hint(),
                     exit_code: code,
                 };
-                println!("{}", serde_json::to_string(&err).unwrap_or_default());
+                out!("{}", serde_json::to_string(&err).unwrap_or_default());
             } else {
                 eprintln!("runbox run: {message}");
                 if let Some(hint) = e.hint() {

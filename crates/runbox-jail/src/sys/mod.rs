@@ -42,9 +42,47 @@ pub fn clone_process(flags: libc::c_ulong) -> io::Result<Forked> {
     }
 }
 
-/// Plain fork(2) through the same path (no namespace flags).
-pub fn fork_process() -> io::Result<Forked> {
-    clone_process(0)
+/// Starts `child` as a new process that shares this one's memory until it execs, the way
+/// posix_spawn does (`CLONE_VM | CLONE_VFORK`): no page tables are copied, and the caller is
+/// suspended until the child has exec'd or exited. `child` runs on `stack` and must only make
+/// raw syscalls and end in exec or `exit_now`, hence `Infallible` (it may write nothing the
+/// caller relies on: errno is shared).
+pub fn spawn_sharing_memory<F: FnOnce() -> std::convert::Infallible>(
+    stack: &mut [u8],
+    child: F,
+) -> io::Result<i32> {
+    // `f()` cannot return (its result type is uninhabited), which the lint calls unreachable.
+    #[allow(unreachable_code)]
+    extern "C" fn trampoline<F: FnOnce() -> std::convert::Infallible>(
+        arg: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: `arg` is the `Option<F>` of `spawn_sharing_memory`'s frame, which stays
+        // alive and untouched while the caller is suspended (CLONE_VFORK).
+        let slot = unsafe { &mut *arg.cast::<Option<F>>() };
+        match slot.take() {
+            Some(f) => match f() {},
+            None => exit_now(127),
+        }
+    }
+    let mut slot = Some(child);
+    // The stack grows down: pass its 16-byte aligned top.
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    // SAFETY: the child runs `trampoline` on `stack`, a buffer of the caller's that outlives
+    // the child's use of it: CLONE_VFORK keeps the caller (and so this frame, `slot` and
+    // `stack`) suspended until the child execs (new address space) or exits. Sharing the
+    // address space is sound because the caller does nothing until then.
+    let ret = unsafe {
+        libc::clone(
+            trampoline::<F>,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&mut slot as *mut Option<F>).cast(),
+        )
+    };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ret)
 }
 
 /// `mount_attr` of mount_setattr(2).

@@ -20,6 +20,8 @@ mod checks;
 mod host;
 mod server;
 mod steps;
+#[path = "../support/mod.rs"]
+mod support;
 mod table;
 
 use std::time::{Duration, Instant};
@@ -27,7 +29,8 @@ use std::time::{Duration, Instant};
 use runbox_runtime::Backend;
 use serde_json::Value;
 
-use server::{built_binary, Execution, Server};
+use server::{Execution, Sandbox};
+use support::{built_binary, require_root};
 use table::{Case, Expect};
 
 /// Limits of the sandbox under test: small, so the bombs hit them within seconds.
@@ -156,18 +159,17 @@ fn expected_text(expect: Expect) -> String {
 
 async fn escape_table(backend: Backend) {
     let test = format!("escape_table_{backend}");
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED (needs root): {test}: sandboxes need root for cgroups, uid maps, the engine and runsc");
-        return;
-    }
+    require_root!(format!(
+        "{test}: sandboxes need root for cgroups, uid maps, the engine and runsc"
+    ));
     let _turn = ONE_BACKEND_AT_A_TIME.lock().await;
     let started = Instant::now();
     let leftovers_before = host::leftovers();
-    let Some(server) = Server::start(backend, &test).await else {
+    let Some(server) = server::start(backend, &test).await else {
         return;
     };
     let bait = host::Bait::set_up();
-    let sandbox = server.create(backend, MEMORY, PIDS).await;
+    let sandbox = Sandbox::create(&server, backend, MEMORY, PIDS).await;
     let probe_binary = built_binary("runbox-probe");
     let probe = sandbox.install_probe(&probe_binary);
     let mut report = Report {

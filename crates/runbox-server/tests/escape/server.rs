@@ -4,38 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use runbox_runtime::Backend;
 use runbox_server::config::{Config, RuntimeConfig, TenantConfig};
 use serde_json::{json, Value};
 
+use crate::support::{built_binary, temp_dir, Connections, Reply, Server};
+
 const KEY: &str = "key-of-the-escape-suite-789";
+/// The header that makes a request the suite's tenant's.
+const AUTH: (&str, &str) = ("OPEN-SANDBOX-API-KEY", KEY);
 /// Longest wait for one HTTP exchange that is not a command (create, delete, ping).
 const CALL_LIMIT: Duration = Duration::from_secs(60);
-
-/// A target-directory binary built by `cargo build --workspace`.
-pub fn built_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let path = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join(name);
-    assert!(
-        path.is_file(),
-        "{} missing: run `cargo build --workspace` first",
-        path.display()
-    );
-    path
-}
-
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
-    u64::from_ne_bytes(b)
-}
 
 /// `RUNBOX_REQUIRE_DOCKER=1` / `RUNBOX_REQUIRE_GVISOR=1`: an unavailable backend fails the
 /// test instead of skipping it (scripts/test.sh sets both).
@@ -48,187 +27,50 @@ fn required(backend: Backend) -> bool {
     std::env::var(var).is_ok_and(|v| v == "1")
 }
 
-pub struct Server {
-    pub addr: std::net::SocketAddr,
-    pub manager: std::sync::Arc<runbox_server::manager::Manager>,
-    pub data_dir: PathBuf,
+/// A server whose default backend is `backend`, or None (after saying SKIPPED) when that
+/// backend's `Runtime::check` fails and it is not required.
+pub async fn start(backend: Backend, test: &str) -> Option<Server> {
+    // Not /tmp/runbox*: the jail escape suite counts those as leftovers of its runs.
+    let data_dir = temp_dir(&format!("escape-suite-{backend}"));
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: data_dir.clone(),
+        tenants: vec![TenantConfig {
+            name: "escape".into(),
+            keys: vec![KEY.into()],
+        }],
+        runtime: RuntimeConfig {
+            default: backend,
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    let state =
+        runbox_server::AppState::new(config, built_binary("runbox-agent")).expect("server state");
+    let status = state
+        .manager
+        .check_runtimes()
+        .await
+        .remove(&backend)
+        .unwrap_or_else(|| Err("not built into this server".into()));
+    if let Err(reason) = status {
+        let _ = std::fs::remove_dir_all(&data_dir);
+        assert!(
+            !required(backend),
+            "{test}: the {backend} backend is required here but unavailable: {reason}"
+        );
+        eprintln!("SKIPPED: {test}: the {backend} backend is unavailable: {reason}");
+        return None;
+    }
+    Some(Server::start(state, Connections::Axum).await)
 }
 
-/// Containers and runsc sandboxes would outlive the test process: end them with the server.
-impl Drop for Server {
-    fn drop(&mut self) {
-        let manager = self.manager.clone();
-        tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(manager.shutdown())
-        });
-        let _ = std::fs::remove_dir_all(&self.data_dir);
-    }
-}
-
-pub struct Reply {
-    pub status: u16,
-    pub text: String,
-}
-
-impl Reply {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
-    }
-}
-
-impl Server {
-    /// A server whose default backend is `backend`, or None (after saying SKIPPED) when that
-    /// backend's `Runtime::check` fails and it is not required.
-    pub async fn start(backend: Backend, test: &str) -> Option<Server> {
-        // Not /tmp/runbox*: the jail escape suite counts those as leftovers of its runs.
-        let data_dir =
-            std::env::temp_dir().join(format!("escape-suite-{backend}-{:016x}", random_u64()));
-        let config = Config {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            data_dir: data_dir.clone(),
-            tenants: vec![TenantConfig {
-                name: "escape".into(),
-                keys: vec![KEY.into()],
-            }],
-            runtime: RuntimeConfig {
-                default: backend,
-                ..Default::default()
-            },
-            ..Config::default()
-        };
-        let state = runbox_server::AppState::new(config, built_binary("runbox-agent"))
-            .expect("server state");
-        let status = state
-            .manager
-            .check_runtimes()
-            .await
-            .remove(&backend)
-            .unwrap_or_else(|| Err("not built into this server".into()));
-        if let Err(reason) = status {
-            let _ = std::fs::remove_dir_all(&data_dir);
-            assert!(
-                !required(backend),
-                "{test}: the {backend} backend is required here but unavailable: {reason}"
-            );
-            eprintln!("SKIPPED: {test}: the {backend} backend is unavailable: {reason}");
-            return None;
-        }
-        state.prepare().await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let manager = state.manager.clone();
-        tokio::spawn(runbox_server::manager::reaper(state.manager.clone()));
-        tokio::spawn(async move {
-            let _ = axum::serve(runbox_server::no_delay(listener), runbox_server::app(state)).await;
-        });
-        Some(Server {
-            addr,
-            manager,
-            data_dir,
-        })
-    }
-
-    /// One HTTP/1 exchange on a fresh connection, bounded by `limit`.
-    pub async fn call_within(
-        &self,
-        limit: Duration,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<Value>,
-    ) -> Result<Reply, String> {
-        let exchange = async {
-            let stream = tokio::net::TcpStream::connect(self.addr)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-            tokio::spawn(conn);
-            let mut req = hyper::Request::builder()
-                .method(method)
-                .uri(path)
-                .header("host", self.addr.to_string());
-            for (k, v) in headers {
-                req = req.header(*k, *v);
-            }
-            let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-            if !bytes.is_empty() {
-                req = req.header("content-type", "application/json");
-            }
-            let req = req
-                .body(Full::new(Bytes::from(bytes)))
-                .map_err(|e| format!("request: {e}"))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| format!("send: {e}"))?;
-            let status = resp.status().as_u16();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("body: {e}"))?;
-            Ok(Reply {
-                status,
-                text: String::from_utf8_lossy(&body.to_bytes()).into_owned(),
-            })
-        };
-        tokio::time::timeout(limit, exchange)
-            .await
-            .unwrap_or_else(|_| Err(format!("{method} {path}: no answer within {limit:?}")))
-    }
-
-    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
-        self.call_within(
-            CALL_LIMIT,
-            method,
-            path,
-            &[("OPEN-SANDBOX-API-KEY", KEY)],
-            body,
-        )
+/// A lifecycle request as the suite's tenant; panics without an answer within `CALL_LIMIT`.
+async fn lifecycle(server: &Server, method: &str, path: &str, body: Option<Value>) -> Reply {
+    server
+        .call_within(CALL_LIMIT, method, path, &[AUTH], body)
         .await
         .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Creates one sandbox on `backend` with small limits (the bombs must hit them fast).
-    pub async fn create(&self, backend: Backend, memory: &str, pids: u64) -> Sandbox {
-        let body = json!({
-            "image": { "uri": "default" },
-            "entrypoint": ["tail", "-f", "/dev/null"],
-            "timeout": 600,
-            "resourceLimits": { "cpu": "1", "memory": memory },
-            "extensions": { "runbox.runtime": backend.as_str(), "runbox.pids": pids.to_string() },
-        });
-        let r = self.call("POST", "/v1/sandboxes", Some(body)).await;
-        assert_eq!(r.status, 202, "create on {backend}: {}", r.text);
-        let id = r.json()["id"].as_str().expect("id").to_owned();
-        let ep = self
-            .call("GET", &format!("/v1/sandboxes/{id}/endpoints/44772"), None)
-            .await
-            .json();
-        let token = ep["headers"]["X-EXECD-ACCESS-TOKEN"]
-            .as_str()
-            .expect("token")
-            .to_owned();
-        let isolation = self
-            .call("GET", &format!("/v1/sandboxes/{id}/isolation"), None)
-            .await
-            .json();
-        assert_eq!(
-            isolation["backend"],
-            backend.as_str(),
-            "the sandbox did not get the backend under test: {isolation}"
-        );
-        Sandbox {
-            workspace: self.data_dir.join("workspaces").join(&id),
-            id,
-            token,
-            isolation,
-        }
-    }
 }
 
 pub struct Sandbox {
@@ -300,6 +142,42 @@ impl Execution {
 }
 
 impl Sandbox {
+    /// Creates one sandbox on `backend` with small limits (the bombs must hit them fast).
+    pub async fn create(server: &Server, backend: Backend, memory: &str, pids: u64) -> Sandbox {
+        let body = json!({
+            "image": { "uri": "default" },
+            "entrypoint": ["tail", "-f", "/dev/null"],
+            "timeout": 600,
+            "resourceLimits": { "cpu": "1", "memory": memory },
+            "extensions": { "runbox.runtime": backend.as_str(), "runbox.pids": pids.to_string() },
+        });
+        let r = lifecycle(server, "POST", "/v1/sandboxes", Some(body)).await;
+        assert_eq!(r.status, 202, "create on {backend}: {}", r.text);
+        let id = r.json()["id"].as_str().expect("id").to_owned();
+        let token = tokio::time::timeout(CALL_LIMIT, server.access_token(&id, 44772, &[AUTH]))
+            .await
+            .unwrap_or_else(|_| panic!("the endpoint of {id}: no answer within {CALL_LIMIT:?}"));
+        let isolation = lifecycle(
+            server,
+            "GET",
+            &format!("/v1/sandboxes/{id}/isolation"),
+            None,
+        )
+        .await
+        .json();
+        assert_eq!(
+            isolation["backend"],
+            backend.as_str(),
+            "the sandbox did not get the backend under test: {isolation}"
+        );
+        Sandbox {
+            workspace: server.data_dir().join("workspaces").join(&id),
+            id,
+            token,
+            isolation,
+        }
+    }
+
     fn agent_path(&self, rest: &str) -> String {
         format!("/sandboxes/{}/port/44772/{rest}", self.id)
     }
@@ -406,8 +284,7 @@ impl Sandbox {
 
     /// The lifecycle state and its message ("Running", "Failed: the agent exited ...").
     pub async fn state(&self, server: &Server) -> String {
-        let v = server
-            .call("GET", &format!("/v1/sandboxes/{}", self.id), None)
+        let v = lifecycle(server, "GET", &format!("/v1/sandboxes/{}", self.id), None)
             .await
             .json();
         match v["status"]["message"].as_str() {
@@ -417,14 +294,17 @@ impl Sandbox {
     }
 
     pub async fn delete(&self, server: &Server) -> Result<(), String> {
-        let r = server
-            .call("DELETE", &format!("/v1/sandboxes/{}", self.id), None)
-            .await;
+        let r = lifecycle(
+            server,
+            "DELETE",
+            &format!("/v1/sandboxes/{}", self.id),
+            None,
+        )
+        .await;
         if r.status != 204 {
             return Err(format!("DELETE answered {}: {}", r.status, r.text));
         }
-        let state = server
-            .call("GET", &format!("/v1/sandboxes/{}", self.id), None)
+        let state = lifecycle(server, "GET", &format!("/v1/sandboxes/{}", self.id), None)
             .await
             .json()["status"]["state"]
             .clone();

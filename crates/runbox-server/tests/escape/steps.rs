@@ -9,7 +9,8 @@ use std::time::Duration;
 use runbox_runtime::Backend;
 
 use crate::host;
-use crate::server::{Sandbox, Server};
+use crate::server::Sandbox;
+use crate::support::Server;
 use crate::Report;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -43,10 +44,7 @@ impl Lab<'_> {
         if state == "\"Running\"" {
             return;
         }
-        let fresh = self
-            .server
-            .create(self.backend, self.memory, self.pids)
-            .await;
+        let fresh = Sandbox::create(self.server, self.backend, self.memory, self.pids).await;
         self.probe = fresh.install_probe(&self.probe_binary);
         let old = std::mem::replace(&mut self.sandbox, fresh);
         report.note(&format!(

@@ -5,67 +5,30 @@
 //! `VmRSS` of this process is the server's memory.
 
 mod restart;
+#[path = "../support/mod.rs"]
+mod support;
 mod upload;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use runbox_server::config::{Config, Quotas, TenantConfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use support::{built_binary, require_root, temp_dir, Connections, Reply, Server};
 
 /// The tests of this binary run one at a time: they measure the server's memory and timing,
 /// and a parallel neighbour (another 1 GiB stream) would blur both.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-macro_rules! require_root {
-    () => {
-        if !crate::is_root() {
-            eprintln!(
-                "SKIPPED (needs root): {} starts native sandboxes",
-                module_path!()
-            );
-            return;
-        }
-    };
-}
-pub(crate) use require_root;
-
 const KEY: &str = "stress-tenant-key-123";
+/// The header that makes a request the tenant's.
+const AUTH: (&str, &str) = ("OPEN-SANDBOX-API-KEY", KEY);
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
-
-/// A sibling of the test binary's directory (`target/debug/<name>`), built by
-/// `cargo build --workspace`.
-fn built_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let path = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join(name);
-    assert!(
-        path.is_file(),
-        "{} missing: run `cargo build --workspace` first",
-        path.display()
-    );
-    path
-}
-
-fn temp_dir(what: &str) -> PathBuf {
-    let mut b = [0u8; 8];
-    let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
-    std::env::temp_dir().join(format!("runbox-stress-{what}-{}", u64::from_ne_bytes(b)))
-}
 
 /// Resident memory of this process (the in-process server and its clients), bytes.
 fn rss() -> u64 {
@@ -82,31 +45,12 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB as f64
 }
 
-struct Server {
-    addr: std::net::SocketAddr,
-    data_dir: PathBuf,
-    manager: Arc<runbox_server::manager::Manager>,
-}
-
-/// Sandboxes end with the test's server, and the data dir (which may hold gigabytes of
-/// upload) goes with them.
-impl Drop for Server {
-    fn drop(&mut self) {
-        let manager = self.manager.clone();
-        tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(manager.shutdown())
-        });
-        let _ = std::fs::remove_dir_all(&self.data_dir);
-    }
-}
-
 /// The production connection loop (`serve_connections`, with its header timeout and head size
 /// limit) on a random port, with one tenant holding `KEY`.
 async fn spawn_server(max_sandboxes: usize) -> Server {
-    let data_dir = temp_dir("server");
     let config = Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: data_dir.clone(),
+        data_dir: temp_dir("runbox-stress-server"),
         tenants: vec![TenantConfig {
             name: "t".into(),
             keys: vec![KEY.into()],
@@ -118,36 +62,10 @@ async fn spawn_server(max_sandboxes: usize) -> Server {
         ..Config::default()
     };
     let state = runbox_server::AppState::new(config, built_binary("runbox-agent")).expect("state");
-    state.prepare().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let manager = state.manager.clone();
-    tokio::spawn(runbox_server::manager::reaper(state.manager.clone()));
-    tokio::spawn(runbox_server::serve_connections(
-        listener,
-        runbox_server::app(state),
-        Duration::from_secs(30),
-        std::future::pending(),
-    ));
-    Server {
-        addr,
-        data_dir,
-        manager,
-    }
-}
-
-struct Reply {
-    status: u16,
-    text: String,
+    Server::start(state, Connections::Production(Duration::from_secs(30))).await
 }
 
 impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
-    }
-
     /// The one error shape: `{"code": "<CODE>", "message": "<non-empty>"}`.
     fn assert_error(&self, status: u16, code: &str) {
         assert_eq!(self.status, status, "{}", self.text);
@@ -157,70 +75,18 @@ impl Reply {
     }
 }
 
-/// One request on a fresh connection with a body of raw bytes.
-async fn call_raw(
-    s: &Server,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Vec<u8>,
-) -> Reply {
-    let stream = tokio::net::TcpStream::connect(s.addr)
-        .await
-        .expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let mut req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", s.addr.to_string());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = sender
-        .send_request(req.body(Full::new(Bytes::from(body))).expect("req"))
-        .await
-        .expect("send");
-    let status = resp.status().as_u16();
-    let text = String::from_utf8_lossy(&resp.into_body().collect().await.expect("body").to_bytes())
-        .into_owned();
-    Reply { status, text }
-}
-
-async fn call(s: &Server, method: &str, path: &str, body: Option<Value>) -> Reply {
-    let mut headers = vec![("OPEN-SANDBOX-API-KEY", KEY)];
-    let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
-    if !bytes.is_empty() {
-        headers.push(("content-type", "application/json"));
-    }
-    call_raw(s, method, path, &headers, bytes).await
-}
-
 /// Creates a sandbox and returns its id and execd access token.
 async fn create(s: &Server, extensions: Option<Value>) -> Result<(String, String), Reply> {
     let mut body = json!({ "image": { "uri": "default" }, "entrypoint": ["tail", "-f", "/dev/null"], "resourceLimits": { "cpu": "1", "memory": "256Mi" } });
     if let Some(ext) = extensions {
         body["extensions"] = ext;
     }
-    let r = call(s, "POST", "/v1/sandboxes", Some(body)).await;
+    let r = s.call("POST", "/v1/sandboxes", &[AUTH], Some(body)).await;
     if r.status != 202 {
         return Err(r);
     }
     let id = r.json()["id"].as_str().expect("id").to_owned();
-    let ep = call(
-        s,
-        "GET",
-        &format!("/v1/sandboxes/{id}/endpoints/44772"),
-        None,
-    )
-    .await
-    .json();
-    let token = ep["headers"]["X-EXECD-ACCESS-TOKEN"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let token = s.access_token(&id, 44772, &[AUTH]).await;
     Ok((id, token))
 }
 
@@ -275,13 +141,21 @@ async fn read_response(r: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Reply> 
         }
         buf.extend_from_slice(&tmp[..n]);
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let length = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok());
-    let chunked = head.contains("transfer-encoding: chunked");
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: hyper::HeaderMap = lines
+        .filter_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            Some((name.trim().parse().ok()?, value.trim().parse().ok()?))
+        })
+        .collect();
+    let length = headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let chunked = headers
+        .get(hyper::header::TRANSFER_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
     loop {
         let body = &buf[head_end..];
         let done = match length {
@@ -304,6 +178,7 @@ async fn read_response(r: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Reply> 
     }
     Some(Reply {
         status,
+        headers,
         text: String::from_utf8_lossy(&body).into_owned(),
     })
 }
@@ -401,7 +276,7 @@ async fn five_hundred_parallel_creates_against_a_quota_of_ten() {
         tasks.push(tokio::spawn(async move {
             let body = json!({ "image": { "uri": "default" }, "entrypoint": ["tail", "-f", "/dev/null"], "resourceLimits": { "cpu": "500m", "memory": "128Mi" } });
             let t = Instant::now();
-            let r = call(&s, "POST", "/v1/sandboxes", Some(body)).await;
+            let r = s.call("POST", "/v1/sandboxes", &[AUTH], Some(body)).await;
             (r, t.elapsed())
         }));
     }
@@ -440,7 +315,8 @@ async fn five_hundred_parallel_creates_against_a_quota_of_ten() {
     );
 
     // Nothing half-created: exactly the 10 in the list, and only their workspaces on disk.
-    let list = call(&s, "GET", "/v1/sandboxes?pageSize=1000", None)
+    let list = s
+        .call("GET", "/v1/sandboxes?pageSize=1000", &[AUTH], None)
         .await
         .json();
     assert_eq!(list["pagination"]["totalItems"], 10, "{list}");
@@ -453,7 +329,7 @@ async fn five_hundred_parallel_creates_against_a_quota_of_ten() {
             i["id"].as_str().expect("id").to_owned()
         })
         .collect();
-    let mut on_disk: Vec<String> = std::fs::read_dir(s.data_dir.join("workspaces"))
+    let mut on_disk: Vec<String> = std::fs::read_dir(s.data_dir().join("workspaces"))
         .expect("workspaces dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
@@ -470,7 +346,10 @@ async fn a_one_gib_create_body_is_refused_before_it_is_read() {
     require_root!();
     let s = spawn_server(5).await;
     // Warm up the connection path so one-time allocations do not count as growth.
-    assert_eq!(call(&s, "GET", "/v1/sandboxes", None).await.status, 200);
+    assert_eq!(
+        s.call("GET", "/v1/sandboxes", &[AUTH], None).await.status,
+        200
+    );
     let before = rss();
     let head = format!(
         "POST /v1/sandboxes HTTP/1.1\r\nhost: {}\r\nOPEN-SANDBOX-API-KEY: {KEY}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
@@ -519,7 +398,10 @@ async fn a_one_gib_create_body_is_refused_before_it_is_read() {
         mib(got.peak_rss.saturating_sub(before))
     );
     // The server is fine afterwards.
-    assert_eq!(call(&s, "GET", "/v1/sandboxes", None).await.status, 200);
+    assert_eq!(
+        s.call("GET", "/v1/sandboxes", &[AUTH], None).await.status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -567,17 +449,14 @@ async fn malformed_create_bodies_are_fast_400s_with_the_error_shape() {
     ];
     for (what, body) in cases {
         let start = Instant::now();
-        let r = call_raw(
-            &s,
-            "POST",
-            "/v1/sandboxes",
-            &[
-                ("OPEN-SANDBOX-API-KEY", KEY),
-                ("content-type", "application/json"),
-            ],
-            body,
-        )
-        .await;
+        let r = s
+            .call_raw(
+                "POST",
+                "/v1/sandboxes",
+                &[AUTH, ("content-type", "application/json")],
+                body,
+            )
+            .await;
         let took = start.elapsed();
         eprintln!("{what}: {} in {took:?}", r.status);
         assert_eq!(r.status, 400, "{what}: {}", r.text);
@@ -585,17 +464,17 @@ async fn malformed_create_bodies_are_fast_400s_with_the_error_shape() {
         assert!(took < Duration::from_secs(1), "{what}: {took:?}");
     }
     // No content type at all: the same shape, not axum's plain-text 415.
-    let r = call_raw(
-        &s,
-        "POST",
-        "/v1/sandboxes",
-        &[("OPEN-SANDBOX-API-KEY", KEY)],
-        br#"{"image":{"uri":"default"}}"#.to_vec(),
-    )
-    .await;
+    let r = s
+        .call_raw(
+            "POST",
+            "/v1/sandboxes",
+            &[AUTH],
+            br#"{"image":{"uri":"default"}}"#.to_vec(),
+        )
+        .await;
     assert!(r.status == 400 || r.status == 415, "{}", r.text);
     r.assert_error(r.status, "INVALID_REQUEST");
     // None of it left a record behind.
-    let list = call(&s, "GET", "/v1/sandboxes", None).await.json();
+    let list = s.call("GET", "/v1/sandboxes", &[AUTH], None).await.json();
     assert_eq!(list["pagination"]["totalItems"], 0, "{list}");
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{built_binary, require_root, temp_dir};
+use crate::support::{built_binary, require_root, temp_dir};
 
 const RESTART_KEY: &str = "restart-stress-key-123";
 /// Host uids of sandbox users (runbox-runtime's native uid range).
@@ -143,7 +143,7 @@ fn still_alive(pids: &BTreeSet<u32>) -> Vec<u32> {
 fn kill_9_kills_the_sandboxes_and_a_restart_recovers() {
     let _serial = crate::SERIAL.blocking_lock();
     require_root!();
-    let data = temp_dir("restart");
+    let data = temp_dir("runbox-stress-restart");
     let port = free_port();
     let mut server = start_server(port, &data);
     let create = r#"{"image":{"uri":"default"},"entrypoint":["tail","-f","/dev/null"],"resourceLimits":{"cpu":"1","memory":"256Mi"}}"#;

@@ -6,9 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::{
-    call, call_raw, create, mib, require_root, rss, spawn_server, stream_request, Server, GIB, MIB,
-};
+use crate::support::{require_root, Server};
+use crate::{create, mib, rss, spawn_server, stream_request, AUTH, GIB, MIB};
 
 const PREFIX: &[u8] = b"--runbox-stress\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n{\"path\":\"/workspace/big.bin\"}\r\n--runbox-stress\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n";
 const SUFFIX: &[u8] = b"\r\n--runbox-stress--\r\n";
@@ -39,9 +38,6 @@ fn disk_usage(dir: &std::path::Path) -> u64 {
 /// With `runbox.disk`, the agent's 413 (disk quota full) comes back through the proxy long
 /// before the 10 GiB are sent.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "known bug (issue 4 open): when the agent answers 413 mid-upload and stops reading, \
-the proxy's hyper client can fail the exchange on the write error before it reads the answer, \
-so the client sometimes gets 503 instead of 413; run with --ignored"]
 async fn a_ten_gib_upload_past_the_disk_quota_is_a_fast_413() {
     let _serial = crate::SERIAL.lock().await;
     require_root!();
@@ -56,9 +52,6 @@ async fn a_ten_gib_upload_past_the_disk_quota_is_a_fast_413() {
 /// memory flat all along) until that fills (413), or, if it could take it all, until 2 GiB
 /// are through and the client hangs up.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "known bug (issue 4 open): when the agent answers 413 mid-upload and stops reading, \
-the proxy's hyper client can fail the exchange on the write error before it reads the answer, \
-so the client sometimes gets 503 instead of 413; run with --ignored"]
 async fn a_ten_gib_upload_with_default_limits_streams_and_leaves_nothing() {
     let _serial = crate::SERIAL.lock().await;
     require_root!();
@@ -74,7 +67,7 @@ async fn ten_gib_upload(s: &Server, id: &str, token: &str, quota: bool) {
     let tok = [("X-EXECD-ACCESS-TOKEN", token)];
     // Warm up the proxy path so one-time allocations do not count as growth.
     assert_eq!(
-        call_raw(s, "GET", &format!("{base}/ping"), &tok, Vec::new())
+        s.call_raw("GET", &format!("{base}/ping"), &tok, Vec::new())
             .await
             .status,
         200
@@ -147,17 +140,18 @@ async fn ten_gib_upload(s: &Server, id: &str, token: &str, quota: bool) {
     }
 
     // The server and the sandbox still work, and the broken upload left no file behind.
-    assert_eq!(call(s, "GET", "/v1/sandboxes", None).await.status, 200);
-    let r = call_raw(
-        s,
-        "POST",
-        &format!("{base}/command"),
-        &[tok[0], ("content-type", "application/json")],
-        json!({ "command": "echo alive; ls -A /workspace" })
-            .to_string()
-            .into_bytes(),
-    )
-    .await;
+    assert_eq!(
+        s.call("GET", "/v1/sandboxes", &[AUTH], None).await.status,
+        200
+    );
+    let r = s
+        .call(
+            "POST",
+            &format!("{base}/command"),
+            &tok,
+            Some(json!({ "command": "echo alive; ls -A /workspace" })),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(r.text.contains("alive"), "{}", r.text);
     assert!(
@@ -165,7 +159,7 @@ async fn ten_gib_upload(s: &Server, id: &str, token: &str, quota: bool) {
         "a partial upload is visible: {}",
         r.text
     );
-    let workspace = s.data_dir.join("workspaces").join(id);
+    let workspace = s.data_dir().join("workspaces").join(id);
     let start = Instant::now();
     let mut left = disk_usage(&workspace);
     while left > 16 * MIB && start.elapsed() < Duration::from_secs(10) {
