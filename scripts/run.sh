@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
-cargo build --release --locked -p runbox -p runbox-agent
+. scripts/static-build.sh
+cargo build --release --locked --target "$RUNBOX_TARGET" -p runbox -p runbox-agent
 
 if (($#)); then
-  exec ./target/release/runbox "$@"
+  exec "./$RUNBOX_RELEASE_DIR/runbox" "$@"
 fi
-exec ./target/release/runbox run -- python3 -c 'print(1)'
+exec "./$RUNBOX_RELEASE_DIR/runbox" run -- python3 -c 'print(1)'
