@@ -62,8 +62,27 @@ pub(crate) fn init_main(prepared: &Prepared, pipes: ChildPipes) -> ! {
     }
     let _ = rustix::process::setsid();
 
+    // The network helper's stack and handle live here, beside the loop that starts and joins it.
+    let mut network_stack = [0u8; 16 * 1024];
+    let mut network_stack = Some(&mut network_stack[..]);
+    let mut network: Option<sys::NetworkHelper<'_>> = None;
     for (index, step) in prepared.steps.iter().enumerate() {
-        if let Err(errno) = run_step(step, prepared, &pipes) {
+        let result = match step {
+            Step::StartNetwork => match network_stack.take().map(sys::NetworkHelper::start) {
+                Some(Ok(helper)) => {
+                    network = Some(helper);
+                    Ok(())
+                }
+                Some(Err(e)) => Err(io_errno(e)),
+                None => Err(Errno::INVAL),
+            },
+            Step::JoinNetwork => match network.take() {
+                Some(helper) => helper.join().map_err(io_errno),
+                None => Err(Errno::INVAL),
+            },
+            _ => run_step(step, prepared, &pipes),
+        };
+        if let Err(errno) = result {
             send(
                 &pipes,
                 Message::SetupFailed {
@@ -303,9 +322,8 @@ fn run_step(step: &Step, prepared: &Prepared, pipes: &ChildPipes) -> Result<(), 
         Step::SetHostname { name } => {
             rustix::system::sethostname(name.as_bytes())?;
         }
-        Step::LoopbackUp => {
-            sys::loopback_up().map_err(io_errno)?;
-        }
+        // Handled by `init_main`, which owns the helper.
+        Step::StartNetwork | Step::JoinNetwork => return Err(Errno::INVAL),
         Step::PivotRoot { new_root } => {
             // pivot_root(".", ".") stacks the old root on top of the new one; detaching it
             // then leaves only the new root (no put_old directory needed).

@@ -53,7 +53,18 @@ impl Control {
         std::thread::Builder::new()
             .name("sandbox-connect".into())
             .spawn(move || {
+                use std::os::unix::fs::MetadataExt;
+                let here = || std::fs::metadata("/proc/thread-self/ns/net").map(|m| m.ino());
+                let host = here()?;
                 crate::sys::enter_net_namespace_of(pidfd.as_fd())?;
+                // The init joins the network namespace its helper made only late in its set-up;
+                // until then it is still in ours, and a connection would reach the host.
+                if here()? == host {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        "the sandbox's network namespace is not set up yet",
+                    ));
+                }
                 std::net::TcpStream::connect_timeout(
                     &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
                     std::time::Duration::from_secs(5),

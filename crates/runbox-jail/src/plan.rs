@@ -71,7 +71,11 @@ pub enum Step {
     SetHostname {
         name: CString,
     },
-    LoopbackUp,
+    /// Start the helper that creates the network namespace (with its loopback up) while the
+    /// filesystem is built (see `sys::NetworkHelper`).
+    StartNetwork,
+    /// Move into the helper's network namespace and end the helper.
+    JoinNetwork,
     /// pivot_root into `new_root` and detach the old root.
     PivotRoot {
         new_root: CString,
@@ -130,7 +134,8 @@ impl Step {
             Step::BindOver { .. } => "bind over",
             Step::MakeReadOnly { .. } => "make read-only",
             Step::SetHostname { .. } => "set hostname",
-            Step::LoopbackUp => "bring loopback up",
+            Step::StartNetwork => "start network namespace helper",
+            Step::JoinNetwork => "join network namespace",
             Step::PivotRoot { .. } => "pivot_root",
             Step::RootReadOnly => "remount root read-only",
             Step::Chdir { .. } => "chdir",
@@ -243,7 +248,7 @@ fn c(s: &str) -> CString {
 pub fn steps(layout: &Layout, privileges: &Privileges) -> Vec<Step> {
     let root = &layout.staging;
     let at = |p: &str| c(&format!("{root}{p}"));
-    let mut s = Vec::new();
+    let mut s = vec![Step::StartNetwork];
     if privileges.namespace_root_mapped {
         s.push(Step::BecomeNamespaceRoot);
     }
@@ -408,12 +413,12 @@ pub fn steps(layout: &Layout, privileges: &Privileges) -> Vec<Step> {
     s.push(Step::SetHostname {
         name: c(&layout.hostname),
     });
-    s.push(Step::LoopbackUp);
     s.push(Step::PivotRoot { new_root: c(root) });
     s.push(Step::RootReadOnly);
     s.push(Step::Chdir {
         path: c(&layout.cwd),
     });
+    s.push(Step::JoinNetwork);
     s.push(Step::AwaitCgroup);
     s.push(Step::UnshareCgroupNamespace);
 
@@ -527,12 +532,14 @@ mod tests {
     fn confinement_happens_in_privilege_drop_order() {
         let s = steps(&layout(), &privileges());
         let order = [
+            "start network namespace helper",
             "become namespace root",
             "open bind source",
             "make mounts private",
             "mount proc",
             "pivot_root",
             "remount root read-only",
+            "join network namespace",
             "await cgroup",
             "unshare cgroup namespace",
             "setrlimit",

@@ -21,12 +21,12 @@ use crate::policy::{Limits, Policy, WORKSPACE};
 use crate::prepare::{self, Prepared};
 use crate::sys;
 
-/// The namespaces every sandbox gets (the cgroup namespace is unshared by the child itself,
-/// after it has been moved into its cgroup).
+/// The namespaces the child is cloned into. Two more it makes itself: the network namespace
+/// (a helper creates it while the filesystem is built; see `sys::NetworkHelper`) and the
+/// cgroup namespace (after it has been moved into its cgroup).
 const CLONE_FLAGS: libc::c_ulong = (libc::CLONE_NEWUSER
     | libc::CLONE_NEWPID
     | libc::CLONE_NEWNS
-    | libc::CLONE_NEWNET
     | libc::CLONE_NEWIPC
     | libc::CLONE_NEWUTS) as libc::c_ulong;
 pub const NAMESPACES: &[&str] = &["user", "pid", "mount", "net", "ipc", "uts", "cgroup"];
