@@ -224,3 +224,55 @@ fn describe_names_the_sandbox_processes_and_their_state() {
     waiter.join().expect("wait thread").expect("outcome");
     assert_eq!(control.describe(), "init has exited");
 }
+
+/// The network namespace is made by a helper process while the init builds the filesystem
+/// (`sys::NetworkHelper`). Checked from the host: the init and the command share one network
+/// namespace, not the host's, owned by the sandbox's own user namespace, and the helper is
+/// gone (the init and the command are the only processes left).
+#[test]
+fn the_network_namespace_is_the_sandboxes_own_and_its_helper_is_gone() {
+    if !root_or_skip("the_network_namespace_is_the_sandboxes_own_and_its_helper_is_gone") {
+        return;
+    }
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let policy = Policy::new(vec!["sleep".into(), "30".into()]);
+    let sandbox = Sandbox::spawn(&policy, Stdin::Null).expect("spawns");
+    let control = sandbox.control();
+    let waiter = thread::spawn(move || sandbox.wait(&mut Discard));
+    let mut seen = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            seen = control.describe();
+            seen.contains(" sleep S")
+        }),
+        "the command never started: {seen}"
+    );
+    let pids: Vec<i32> = seen
+        .split("; ")
+        .filter_map(|p| p.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 2, "only the init and the command: {seen}");
+    let ino = |path: &str| std::fs::metadata(path).expect(path).ino();
+    let host = ino("/proc/self/ns/net");
+    let init = ino(&format!("/proc/{}/ns/net", pids[0]));
+    assert_ne!(init, host, "the init is in the host's network namespace");
+    assert_eq!(ino(&format!("/proc/{}/ns/net", pids[1])), init);
+
+    const NS_GET_USERNS: libc::c_ulong = 0xb701; // _IO(0xb7, 0x1)
+    let net = std::fs::File::open(format!("/proc/{}/ns/net", pids[0])).expect("netns");
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new descriptor (or -1).
+    let owner = unsafe { libc::ioctl(net.as_raw_fd(), NS_GET_USERNS) };
+    assert!(
+        owner >= 0,
+        "NS_GET_USERNS: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the ioctl returned a fresh descriptor that nothing else owns.
+    let owner = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(owner) });
+    let owner = owner.metadata().expect("owner").ino();
+    assert_eq!(owner, ino(&format!("/proc/{}/ns/user", pids[0])));
+    assert_ne!(owner, ino("/proc/self/ns/user"));
+
+    control.kill();
+    waiter.join().expect("wait thread").expect("outcome");
+}
