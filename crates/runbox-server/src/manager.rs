@@ -551,19 +551,27 @@ impl Manager {
                 Err(e) => Err(e),
             },
         };
-        self.unreserve(tenant, spec.memory_bytes);
         use std::sync::atomic::Ordering::Relaxed;
-        let (row, live) = result.inspect_err(|_| {
-            self.counters.create_failures.fetch_add(1, Relaxed);
-        })?;
+        let (row, live) = match result {
+            Ok(created) => created,
+            Err(e) => {
+                self.unreserve(tenant, spec.memory_bytes);
+                self.counters.create_failures.fetch_add(1, Relaxed);
+                return Err(e);
+            }
+        };
+        {
+            // The reservation becomes a live sandbox under the live lock, which `reserve`
+            // holds while it counts both: released first, a concurrent create could count
+            // this sandbox as neither and go over the quota (seen in CI: 11 of 10).
+            let mut all = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            all.insert(row.id.clone(), live);
+            self.unreserve(tenant, spec.memory_bytes);
+        }
         self.counters.created.fetch_add(1, Relaxed);
         if from_pool {
             self.counters.created_from_pool.fetch_add(1, Relaxed);
         }
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(row.id.clone(), live);
         if from_pool {
             self.pool_changed.notify_one();
         }
