@@ -6,23 +6,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-. scripts/static-build.sh
-# The agent and server benchmarks start the agent binary that sits beside them.
-cargo build --release --locked --target "$RUNBOX_TARGET" -p runbox -p runbox-agent
-bench() { cargo bench --locked --target "$RUNBOX_TARGET" -p "$1" --bench "$2"; }
+bench() {
+  case $1 in
+    startup) set -- runbox startup ;;
+    agent) set -- runbox-runtime agent ;;
+    server | backends) set -- runbox-server "$1" ;;
+  esac
+  cargo bench --locked --target "$RUNBOX_TARGET" -p "$1" --bench "$2"
+}
+
 case ${1:-} in
-  startup) bench runbox startup ;;
-  agent) bench runbox-runtime agent ;;
-  server) bench runbox-server server ;;
-  backends) bench runbox-server backends ;;
-  all)
-    bench runbox startup
-    bench runbox-runtime agent
-    bench runbox-server server
-    bench runbox-server backends
-    ;;
+  startup | agent | server | backends) names=("$1") ;;
+  all) names=(startup agent server backends) ;;
   *)
     printf 'usage: scripts/bench.sh startup|agent|server|backends|all\n' >&2
     exit 64
     ;;
 esac
+
+. scripts/static-build.sh
+# The agent and server benchmarks start the agent binary that sits beside them.
+cargo build --release --locked --target "$RUNBOX_TARGET" -p runbox -p runbox-agent
+for name in "${names[@]}"; do
+  bench "$name"
+done

@@ -62,27 +62,10 @@ pub(crate) fn init_main(prepared: &Prepared, pipes: ChildPipes) -> ! {
     }
     let _ = rustix::process::setsid();
 
-    // The network helper's stack and handle live here, beside the loop that starts and joins it.
     let mut network_stack = [0u8; 16 * 1024];
-    let mut network_stack = Some(&mut network_stack[..]);
-    let mut network: Option<sys::NetworkHelper<'_>> = None;
+    let mut network = Network::Idle(&mut network_stack);
     for (index, step) in prepared.steps.iter().enumerate() {
-        let result = match step {
-            Step::StartNetwork => match network_stack.take().map(sys::NetworkHelper::start) {
-                Some(Ok(helper)) => {
-                    network = Some(helper);
-                    Ok(())
-                }
-                Some(Err(e)) => Err(io_errno(e)),
-                None => Err(Errno::INVAL),
-            },
-            Step::JoinNetwork => match network.take() {
-                Some(helper) => helper.join().map_err(io_errno),
-                None => Err(Errno::INVAL),
-            },
-            _ => run_step(step, prepared, &pipes),
-        };
-        if let Err(errno) = result {
+        if let Err(errno) = run_step(step, prepared, &pipes, &mut network) {
             send(
                 &pipes,
                 Message::SetupFailed {
@@ -132,6 +115,14 @@ pub(crate) fn init_main(prepared: &Prepared, pipes: ChildPipes) -> ! {
     reap_until(command, pipes.status)
 }
 
+/// The network helper across its two steps: the stack it will run on, then the helper.
+enum Network<'a> {
+    Idle(&'a mut [u8]),
+    Running(sys::NetworkHelper<'a>),
+    /// Joined, or taken by a failed step.
+    Done,
+}
+
 /// PID 1's job: reap every child; when the command itself ends, hand its wait status to the
 /// parent and exit, which makes the kernel kill whatever the command left behind.
 fn reap_until(command: i32, status_fd: RawFd) -> ! {
@@ -176,7 +167,12 @@ fn exec_command(prepared: &Prepared, pipes: &ChildPipes) -> ! {
     sys::exit_now(EXEC_FAILED_EXIT)
 }
 
-fn run_step(step: &Step, prepared: &Prepared, pipes: &ChildPipes) -> Result<(), Errno> {
+fn run_step(
+    step: &Step,
+    prepared: &Prepared,
+    pipes: &ChildPipes,
+    network: &mut Network<'_>,
+) -> Result<(), Errno> {
     match step {
         Step::AwaitCgroup => {
             let mut byte = [0u8; 1];
@@ -322,8 +318,18 @@ fn run_step(step: &Step, prepared: &Prepared, pipes: &ChildPipes) -> Result<(), 
         Step::SetHostname { name } => {
             rustix::system::sethostname(name.as_bytes())?;
         }
-        // Handled by `init_main`, which owns the helper.
-        Step::StartNetwork | Step::JoinNetwork => return Err(Errno::INVAL),
+        Step::StartNetwork => {
+            let Network::Idle(stack) = std::mem::replace(network, Network::Done) else {
+                return Err(Errno::INVAL);
+            };
+            *network = Network::Running(sys::NetworkHelper::start(stack).map_err(io_errno)?);
+        }
+        Step::JoinNetwork => {
+            let Network::Running(helper) = std::mem::replace(network, Network::Done) else {
+                return Err(Errno::INVAL);
+            };
+            helper.join().map_err(io_errno)?;
+        }
         Step::PivotRoot { new_root } => {
             // pivot_root(".", ".") stacks the old root on top of the new one; detaching it
             // then leaves only the new root (no put_old directory needed).

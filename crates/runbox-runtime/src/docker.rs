@@ -698,8 +698,8 @@ fn ended_from(c: &ContainerInspectResponse, code: Option<i64>, killed: bool) -> 
             detail: format!("signal {}{error}", c - 128),
         },
         0 => Ended {
-            status: "stopped".into(),
-            detail: format!("the agent forwarded a stop from outside and exited 0{error}"),
+            detail: format!("{}{error}", Ended::STOPPED_DETAIL),
+            ..Ended::stopped()
         },
         c => Ended {
             status: "exited".into(),

@@ -1029,10 +1029,7 @@ mod supervise {
             match status {
                 Err(e) => ("unknown", format!("cannot wait for runsc: {e}")),
                 Ok(s) => match (s.code(), s.signal()) {
-                    (Some(0), _) => (
-                        "stopped",
-                        "the agent forwarded a stop from outside and exited 0".to_owned(),
-                    ),
+                    (Some(0), _) => (Ended::STOPPED, Ended::STOPPED_DETAIL.to_owned()),
                     // runsc's own failures (it exits 128 after logging the error).
                     (Some(128), _) => ("failed", format!("runsc failed: {}", tail_text(shared))),
                     // gVisor lets code in the sandbox signal PID 1 (Linux would not).

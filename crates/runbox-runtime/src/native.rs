@@ -254,10 +254,7 @@ impl Runtime for NativeRuntime {
             .spawn(move || {
                 let mut sink = runbox_jail::Discard;
                 let ended = match sandbox.wait(&mut sink) {
-                    Ok(o) if o.exit_code == Some(0) => Ended {
-                        status: "stopped".into(),
-                        detail: "the agent forwarded a stop from outside and exited 0".into(),
-                    },
+                    Ok(o) if o.exit_code == Some(0) => Ended::stopped(),
                     Ok(o) => Ended {
                         status: format!("{:?}", o.status).to_lowercase(),
                         detail: format!(

@@ -131,6 +131,21 @@ pub struct Ended {
     pub detail: String,
 }
 
+impl Ended {
+    /// The status of a sandbox whose agent exited 0.
+    pub const STOPPED: &'static str = "stopped";
+    /// What the agent's exit 0 means, for every backend.
+    pub const STOPPED_DETAIL: &'static str = "the agent forwarded a stop from outside and exited 0";
+
+    /// The agent exited 0: it forwarded a stop from outside and ended.
+    pub fn stopped() -> Self {
+        Self {
+            status: Self::STOPPED.into(),
+            detail: Self::STOPPED_DETAIL.into(),
+        }
+    }
+}
+
 /// A way of isolating sandboxes. One value per backend lives for the whole server.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync + fmt::Debug {

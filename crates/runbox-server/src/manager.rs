@@ -860,7 +860,7 @@ impl Manager {
         if let Some(live) = removed {
             // A stop from outside runbox (`docker stop`, `runsc kill`, SIGTERM from the host)
             // is an orderly end: the agent gave every process its SIGTERM and exited 0.
-            let (state, reason, message) = if ended.status == "stopped" {
+            let (state, reason, message) = if ended.status == Ended::STOPPED {
                 (
                     "Terminated",
                     "stopped_outside",

@@ -510,7 +510,6 @@ pub fn enter_net_namespace_of(pidfd: BorrowedFd<'_>) -> io::Result<()> {
 /// the sandbox's pid namespace, so it also dies if the init does.
 #[derive(Debug)]
 pub struct NetworkHelper<'stack> {
-    pid: i32,
     pidfd: OwnedFd,
     result: OwnedFd,
     _stack: std::marker::PhantomData<&'stack mut [u8]>,
@@ -566,7 +565,7 @@ impl<'stack> NetworkHelper<'stack> {
         // SAFETY: the helper runs `network_helper_main` on `stack`, which the returned value
         // borrows mutably until the helper is dead (`join` and drop kill and reap it). The
         // helper reads no memory of ours: its argument is a descriptor number.
-        let pid = unsafe {
+        let ret = unsafe {
             libc::clone(
                 network_helper_main,
                 top as *mut libc::c_void,
@@ -575,13 +574,12 @@ impl<'stack> NetworkHelper<'stack> {
                 &mut pidfd as *mut libc::c_int,
             )
         };
-        if pid == -1 {
+        if ret == -1 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: clone with CLONE_PIDFD stored a new descriptor that we now own.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
         Ok(Self {
-            pid,
             pidfd,
             result,
             _stack: std::marker::PhantomData,
@@ -618,9 +616,8 @@ impl<'stack> NetworkHelper<'stack> {
 
 impl Drop for NetworkHelper<'_> {
     fn drop(&mut self) {
-        let _ = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
-        // SAFETY: waitpid writes the status into our local integer.
-        let mut status: libc::c_int = 0;
-        let _ = unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL) };
+        use rustix::process::{pidfd_send_signal, waitid, Signal, WaitId, WaitIdOptions};
+        let _ = pidfd_send_signal(&self.pidfd, Signal::KILL);
+        let _ = waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED);
     }
 }
