@@ -1,5 +1,5 @@
-//! Resource limits through cgroups, on v1 (separate memory, cpu, cpuacct, pids hierarchies) and
-//! v2 (one unified hierarchy) behind one type. The parent creates and fills the group before
+//! Resource limits through cgroups, on v1 (separate memory, cpu, cpuacct, pids and freezer
+//! hierarchies) and v2 (one unified hierarchy) behind one type. The parent creates and fills the group before
 //! the sandbox runs anything, reads its statistics afterwards and removes it.
 //!
 //! Killing is not done here: the sandbox's init is PID 1 of its own pid namespace, so killing
@@ -34,7 +34,10 @@ pub struct Hierarchies {
     pub controllers: Vec<String>,
 }
 
-/// `freezer` is not a limit: it lets the sandbox be paused (see freezer.rs).
+/// `freezer` is not a limit: it lets the sandbox be paused (see freezer.rs), and is only made
+/// for sandboxes that can be paused. `cpuacct` measures CPU time: the init's rusage would be
+/// cheaper but misses every process the kernel reaps as the pid namespace dies (a leftover
+/// background job, everything after a timeout).
 const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "freezer"];
 const V2_CONTROLLERS: &[&str] = &["memory", "cpu", "pids"];
 const PARENT_DIR: &str = "runbox";
@@ -191,6 +194,9 @@ pub struct CgroupLimits {
     pub pids: Option<u64>,
     /// v2: let the OOM killer take the whole group.
     pub oom_kills_group: bool,
+    /// v1: make the group in the freezer hierarchy too, so the sandbox can be paused (v2
+    /// always can).
+    pub pausable: bool,
 }
 
 /// What a cgroup measured.
@@ -243,7 +249,9 @@ impl Cgroup {
             dirs: Vec::new(),
             removed: false,
         };
-        let result = cg.create_dirs(h, name).and_then(|()| cg.apply(limits));
+        let result = cg
+            .create_dirs(h, name, limits.pausable)
+            .and_then(|()| cg.apply(limits));
         if let Err(e) = result {
             cg.remove();
             return Err(e);
@@ -251,9 +259,17 @@ impl Cgroup {
         Ok(cg)
     }
 
-    fn create_dirs(&mut self, h: &Hierarchies, name: &str) -> Result<(), CgroupError> {
+    fn create_dirs(
+        &mut self,
+        h: &Hierarchies,
+        name: &str,
+        pausable: bool,
+    ) -> Result<(), CgroupError> {
         let mut seen: Vec<PathBuf> = Vec::new();
         for (controller, base) in &h.bases {
+            if controller == "freezer" && !pausable {
+                continue;
+            }
             if !base.exists() {
                 fs::create_dir_all(base).map_err(|source| CgroupError::Create {
                     path: base.clone(),
@@ -448,6 +464,11 @@ impl Cgroup {
         Freezer::at(self.version, &dir.1)
     }
 
+    /// The controllers this group was made in (v2: "unified").
+    pub fn controllers(&self) -> impl Iterator<Item = &str> {
+        self.dirs.iter().map(|(c, _)| c.as_str())
+    }
+
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
         self.dirs.iter().map(|(_, d)| d.as_path())
     }
@@ -566,6 +587,7 @@ mod tests {
             cpus: Some(0.5),
             pids: Some(32),
             oom_kills_group: true,
+            pausable: false,
         };
         let mut cg = Cgroup::create(&h, "sb1", limits).expect("creates");
         let read = |p: PathBuf| fs::read_to_string(p).expect("written");
@@ -581,7 +603,7 @@ mod tests {
     }
 
     #[test]
-    fn v1_sandboxes_get_a_freezer_dir_that_pauses_and_resumes() {
+    fn v1_pausable_sandboxes_get_a_freezer_dir_that_pauses_and_resumes() {
         let root = std::env::temp_dir().join(format!("runbox-cg-freeze-{}", std::process::id()));
         let mk = |c: &str| root.join(c).join("runbox");
         let h = Hierarchies {
@@ -592,7 +614,19 @@ mod tests {
             ],
             controllers: vec!["memory".into(), "freezer".into()],
         };
-        let mut cg = Cgroup::create(&h, "sb2", CgroupLimits::default()).expect("creates");
+        let mut fixed = Cgroup::create(&h, "sb1", CgroupLimits::default()).expect("creates");
+        assert!(mk("memory").join("sb1").is_dir());
+        assert!(
+            !mk("freezer").join("sb1").exists(),
+            "not pausable: no freezer dir"
+        );
+        assert_eq!(fixed.controllers().collect::<Vec<_>>(), ["memory"]);
+        fixed.remove();
+        let pausable = CgroupLimits {
+            pausable: true,
+            ..CgroupLimits::default()
+        };
+        let mut cg = Cgroup::create(&h, "sb2", pausable).expect("creates");
         let dir = mk("freezer").join("sb2");
         assert!(dir.is_dir());
         // The kernel provides freezer.state; in the fake tree it is a plain file.

@@ -21,6 +21,14 @@ pub struct Policy {
     pub gid: u32,
     pub hostname: String,
     pub landlock: Requirement,
+    /// Whether the sandbox can be paused (`Control::pause`). On cgroup v1 that costs a group
+    /// in the freezer hierarchy; a one-shot `runbox run` has no way to pause and skips it.
+    #[serde(default = "yes")]
+    pub pausable: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Resource limits. `None` means "not limited"; each `Some` that the host cannot enforce is an
@@ -135,6 +143,7 @@ impl Policy {
             gid: DEFAULT_GID,
             hostname: DEFAULT_HOSTNAME.to_owned(),
             landlock: Requirement::BestEffort,
+            pausable: true,
         }
     }
 }

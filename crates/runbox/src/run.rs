@@ -74,7 +74,9 @@ pub fn main(args: RunArgs) -> i32 {
         return exit::USAGE;
     }
     let json = args.json;
-    let policy = args.sandbox.policy(args.command);
+    let mut policy = args.sandbox.policy(args.command);
+    // Nothing can pause a one-shot run; on cgroup v1 that saves the freezer group.
+    policy.pausable = false;
     // A terminal is never handed to the sandbox: with it the command could inject input.
     let stdin = if std::io::stdin().is_terminal() {
         Stdin::Null

@@ -276,3 +276,82 @@ fn the_network_namespace_is_the_sandboxes_own_and_its_helper_is_gone() {
     control.kill();
     waiter.join().expect("wait thread").expect("outcome");
 }
+
+/// CPU time must count a process the command left running (the kernel kills and reaps it as
+/// the pid namespace dies), and a command killed by the timeout: neither is ever waited for by
+/// the init, so the init's rusage would miss both (the cgroup counts them). Each busy loop runs
+/// for about 0.4 s of wall time.
+#[test]
+fn cpu_time_counts_every_process_of_the_sandbox_including_leftovers() {
+    if !root_or_skip("cpu_time_counts_every_process_of_the_sandbox_including_leftovers") {
+        return;
+    }
+    let mut policy = Policy::new(vec![
+        "sh".into(),
+        "-c".into(),
+        "(while :; do :; done) & sleep 0.4".into(),
+    ]);
+    policy.limits.cpus = None;
+    let outcome = runbox_jail::run(&policy, Stdin::Null, &mut Discard).expect("runs");
+    assert_eq!(outcome.status, Status::Ok, "{outcome:?}");
+    let cpu = outcome.cpu_user_ms + outcome.cpu_sys_ms;
+    assert!(
+        cpu >= 100.0,
+        "a busy loop of 0.4 s counted only {cpu:.1} ms of CPU: {outcome:?}"
+    );
+    assert!(cpu <= outcome.wall_ms * 2.0 + 50.0, "{outcome:?}");
+
+    let mut policy = Policy::new(vec!["sh".into(), "-c".into(), "while :; do :; done".into()]);
+    policy.limits.cpus = None;
+    policy.limits.timeout = Some(Duration::from_millis(400));
+    let outcome = runbox_jail::run(&policy, Stdin::Null, &mut Discard).expect("runs");
+    assert_eq!(outcome.status, Status::Timeout, "{outcome:?}");
+    let cpu = outcome.cpu_user_ms + outcome.cpu_sys_ms;
+    assert!(
+        cpu >= 100.0,
+        "a busy loop killed after 0.4 s counted only {cpu:.1} ms of CPU: {outcome:?}"
+    );
+}
+
+/// A sandbox that cannot be paused gets no group in v1's freezer hierarchy (a one-shot
+/// `runbox run`); the enforcement report says so and pausing is refused, not faked.
+#[test]
+fn a_sandbox_that_is_not_pausable_has_no_freezer_and_refuses_pause() {
+    if !root_or_skip("a_sandbox_that_is_not_pausable_has_no_freezer_and_refuses_pause") {
+        return;
+    }
+    let mut policy = Policy::new(vec!["sleep".into(), "30".into()]);
+    policy.pausable = false;
+    let sandbox = Sandbox::spawn(&policy, Stdin::Null).expect("spawns");
+    let control = sandbox.control();
+    let cgroup = &sandbox.enforcement().cgroup;
+    let v1 = cgroup.version == Some(runbox_jail::cgroup::Version::V1);
+    if v1 {
+        assert!(!cgroup.freezer, "{cgroup:?}");
+        assert!(
+            !cgroup.controllers.iter().any(|c| c == "freezer"),
+            "{cgroup:?}"
+        );
+        let seen = control.describe();
+        let init: i32 = seen
+            .split(' ')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("init pid");
+        let groups = std::fs::read_to_string(format!("/proc/{init}/cgroup")).expect("cgroups");
+        let freezer = groups.lines().find(|l| l.contains(":freezer:"));
+        assert!(
+            freezer.is_none_or(|l| !l.contains(sandbox.id())),
+            "the init is in a freezer group of its own: {groups}"
+        );
+        let memory = groups.lines().find(|l| l.contains(":memory:"));
+        assert!(
+            memory.is_some_and(|l| l.contains(sandbox.id())),
+            "the init is not in its memory group: {groups}"
+        );
+        assert!(control.pause().is_err(), "paused without a freezer");
+    }
+    control.kill();
+    let outcome = sandbox.wait(&mut Discard).expect("outcome");
+    assert_eq!(outcome.status, Status::Signaled);
+}
