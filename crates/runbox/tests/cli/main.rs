@@ -113,7 +113,49 @@ fn json_report_has_every_field() {
     assert_eq!(e["seccomp"]["mode"], "filter");
     assert_eq!(e["identity"]["per_sandbox_host_ids"], true);
     assert!(e["cgroup"]["version"].is_string(), "{e}");
+    // Nothing can pause a one-shot run, so it gets no freezer group.
+    assert_eq!(e["cgroup"]["freezer"], false, "{e}");
+    assert!(
+        !e["cgroup"]["controllers"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c == "freezer")),
+        "{e}"
+    );
     assert!(v["sandbox_id"].as_str().is_some_and(|s| s.len() == 32));
+}
+
+/// `run` is parsed on its own (without the other subcommands); its help and usage read as a
+/// subcommand's, and the top-level help still lists it.
+#[test]
+fn run_help_is_the_subcommands_help() {
+    let out = runbox(&["run", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.starts_with("Run one command inside a fresh sandbox and wait for it"),
+        "{help}"
+    );
+    assert!(
+        help.contains("Usage: runbox run [OPTIONS] [CMD]..."),
+        "{help}"
+    );
+    for option in [
+        "--memory",
+        "--cpus",
+        "--pids",
+        "--timeout",
+        "--json",
+        "--rootfs",
+    ] {
+        assert!(help.contains(option), "{option} missing: {help}");
+    }
+    let out = runbox(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("run "), "{help}");
+    // clap calls a missing value an invalid one: a data error, as with the full parser.
+    let out = runbox(&["run", "--pids"]);
+    assert_eq!(out.status.code(), Some(65));
 }
 
 #[test]
