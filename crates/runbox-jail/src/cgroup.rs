@@ -1,6 +1,6 @@
 //! Resource limits through cgroups, on v1 (separate memory, cpu, cpuacct, pids and freezer
-//! hierarchies) and v2 (one unified hierarchy) behind one type. The parent creates and fills the group before
-//! the sandbox runs anything, reads its statistics afterwards and removes it.
+//! hierarchies) and v2 (one unified hierarchy) behind one type. The parent creates and fills
+//! the group before the sandbox runs anything, reads its statistics afterwards and removes it.
 //!
 //! Killing is not done here: the sandbox's init is PID 1 of its own pid namespace, so killing
 //! it makes the kernel kill every other process of the sandbox (and v1's OOM killer, which only

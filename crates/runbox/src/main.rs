@@ -61,8 +61,7 @@ struct RunCli {
 }
 
 fn main() {
-    let mut argv = std::env::args_os();
-    let code = if argv.nth(1).is_some_and(|a| a == "run") {
+    let code = if std::env::args_os().nth(1).is_some_and(|a| a == "run") {
         run::main(parse::<RunCli>(std::env::args_os().skip(1)).args)
     } else {
         match parse::<Cli>(std::env::args_os()).command {
