@@ -24,6 +24,11 @@ pub struct HostFeatures {
     /// mount, every move waits for an RCU grace period (measured 5-15 ms on our v1 VMs), which
     /// dominates the start-up time of a one-shot sandbox.
     pub fast_cgroup_attach: Feature,
+    /// Whether a start can overlap the parent's cgroup work with the child's filesystem
+    /// set-up: two CPUs or more, and a scheduler that puts a new task on an idle one. Some VM
+    /// kernels pack tasks onto the busy vCPU instead (`kernel.sched_vcpu_pack`), and a start
+    /// then costs the sum of its parts.
+    pub parallel_start: Feature,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,8 +113,11 @@ pub fn detect() -> HostFeatures {
         &mountinfo,
         read_trim("/sys/kernel/rcu_expedited").as_deref() == Some("1"),
     );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let parallel_start = parallel_start(cpus, read_trim("/proc/sys/kernel/sched_vcpu_pack"));
     HostFeatures {
         fast_cgroup_attach,
+        parallel_start,
         kernel,
         running_as_root: root,
         user_namespaces: userns,
@@ -146,6 +154,20 @@ fn fast_attach(mountinfo: &str, rcu_expedited: bool) -> Feature {
     }
 }
 
+fn parallel_start(cpus: usize, vcpu_pack: Option<String>) -> Feature {
+    match vcpu_pack.as_deref() {
+        _ if cpus < 2 => feature(false, "one CPU: a start runs serially"),
+        Some(pack) if pack != "0" => feature(
+            false,
+            format!(
+                "kernel.sched_vcpu_pack={pack} packs new tasks onto the busy CPU: a start runs \
+                 serially (bench/README.md, session 5)"
+            ),
+        ),
+        _ => feature(true, format!("{cpus} CPUs")),
+    }
+}
+
 /// (major, minor) of a release string like "6.18.44-fc".
 fn kernel_version(release: &str) -> (u32, u32) {
     let mut parts = release
@@ -169,6 +191,20 @@ mod tests {
             .contains("remount,favordynmods /sys/fs/cgroup/unified"));
         assert!(fast_attach(tuned, false).available);
         assert!(fast_attach(plain, true).available);
+    }
+
+    #[test]
+    fn a_packing_scheduler_or_one_cpu_means_a_serial_start() {
+        assert!(parallel_start(2, None).available);
+        assert!(parallel_start(2, Some("0".into())).available);
+        let packed = parallel_start(2, Some("15".into()));
+        assert!(!packed.available);
+        assert!(
+            packed.detail.contains("sched_vcpu_pack=15"),
+            "{}",
+            packed.detail
+        );
+        assert!(!parallel_start(1, None).available);
     }
 
     #[test]

@@ -81,11 +81,10 @@ fn mark(ok: bool) -> &'static str {
 
 pub fn main(args: DoctorArgs) -> i32 {
     let host = features::detect();
-    let live = match runbox_jail::run(
-        &Policy::new(vec!["/bin/true".into()]),
-        Stdin::Null,
-        &mut runbox_jail::Discard,
-    ) {
+    // The policy `runbox run` uses by default (which makes no freezer group: it cannot pause).
+    let mut policy = Policy::new(vec!["/bin/true".into()]);
+    policy.pausable = false;
+    let live = match runbox_jail::run(&policy, Stdin::Null, &mut runbox_jail::Discard) {
         Ok(o) => LiveCheck {
             ok: o.exit_code == Some(0),
             enforcement: Some(o.enforcement),
@@ -169,6 +168,15 @@ pub fn main(args: DoctorArgs) -> i32 {
     out!(
         "  [{attach}] fast cgroup join  {}",
         h.fast_cgroup_attach.detail
+    );
+    let parallel = if h.parallel_start.available {
+        "ok  "
+    } else {
+        "SLOW"
+    };
+    out!(
+        "  [{parallel}] parallel start    {}",
+        h.parallel_start.detail
     );
     out!("\nisolation backends:");
     for b in &backends.backends {

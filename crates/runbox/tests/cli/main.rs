@@ -463,8 +463,11 @@ fn doctor_reports_and_its_live_check_passes() {
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["live_check"]["ok"], true);
     assert!(v["host"]["landlock_abi"].is_number());
+    assert!(v["host"]["parallel_start"]["available"].is_boolean(), "{v}");
     let text = runbox(&["doctor"]);
-    assert!(String::from_utf8_lossy(&text.stdout).contains("`runbox run` will use"));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("`runbox run` will use"));
+    assert!(text.contains("parallel start"), "{text}");
 }
 
 /// Without root the sandbox still runs, as the caller's own uid, and says so; an explicit
