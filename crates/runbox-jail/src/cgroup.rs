@@ -163,6 +163,14 @@ fn detect_from(mountinfo: &str, self_cgroup: &str) -> Result<Hierarchies, Cgroup
 }
 
 impl Hierarchies {
+    /// Leaves out v1's freezer hierarchy, for a sandbox that will never be paused (v2 pauses
+    /// through cgroup.freeze and has no freezer to leave out).
+    pub fn without_freezer(mut self) -> Self {
+        self.bases.retain(|(c, _)| c != "freezer");
+        self.controllers.retain(|c| c != "freezer");
+        self
+    }
+
     /// Whether sandboxes can be paused: v1 with a freezer hierarchy, or v2 where our base (or
     /// its parent, before the first sandbox made the base) has cgroup.freeze.
     pub fn has_freezer(&self) -> bool {
@@ -194,9 +202,6 @@ pub struct CgroupLimits {
     pub pids: Option<u64>,
     /// v2: let the OOM killer take the whole group.
     pub oom_kills_group: bool,
-    /// v1: make the group in the freezer hierarchy too, so the sandbox can be paused (v2
-    /// always can).
-    pub pausable: bool,
 }
 
 /// What a cgroup measured.
@@ -249,9 +254,7 @@ impl Cgroup {
             dirs: Vec::new(),
             removed: false,
         };
-        let result = cg
-            .create_dirs(h, name, limits.pausable)
-            .and_then(|()| cg.apply(limits));
+        let result = cg.create_dirs(h, name).and_then(|()| cg.apply(limits));
         if let Err(e) = result {
             cg.remove();
             return Err(e);
@@ -259,17 +262,9 @@ impl Cgroup {
         Ok(cg)
     }
 
-    fn create_dirs(
-        &mut self,
-        h: &Hierarchies,
-        name: &str,
-        pausable: bool,
-    ) -> Result<(), CgroupError> {
+    fn create_dirs(&mut self, h: &Hierarchies, name: &str) -> Result<(), CgroupError> {
         let mut seen: Vec<PathBuf> = Vec::new();
         for (controller, base) in &h.bases {
-            if controller == "freezer" && !pausable {
-                continue;
-            }
             if !base.exists() {
                 fs::create_dir_all(base).map_err(|source| CgroupError::Create {
                     path: base.clone(),
@@ -464,11 +459,6 @@ impl Cgroup {
         Freezer::at(self.version, &dir.1)
     }
 
-    /// The controllers this group was made in (v2: "unified").
-    pub fn controllers(&self) -> impl Iterator<Item = &str> {
-        self.dirs.iter().map(|(c, _)| c.as_str())
-    }
-
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
         self.dirs.iter().map(|(_, d)| d.as_path())
     }
@@ -587,7 +577,6 @@ mod tests {
             cpus: Some(0.5),
             pids: Some(32),
             oom_kills_group: true,
-            pausable: false,
         };
         let mut cg = Cgroup::create(&h, "sb1", limits).expect("creates");
         let read = |p: PathBuf| fs::read_to_string(p).expect("written");
@@ -614,19 +603,16 @@ mod tests {
             ],
             controllers: vec!["memory".into(), "freezer".into()],
         };
-        let mut fixed = Cgroup::create(&h, "sb1", CgroupLimits::default()).expect("creates");
+        let fixed_h = h.clone().without_freezer();
+        let mut fixed = Cgroup::create(&fixed_h, "sb1", CgroupLimits::default()).expect("creates");
         assert!(mk("memory").join("sb1").is_dir());
         assert!(
             !mk("freezer").join("sb1").exists(),
             "not pausable: no freezer dir"
         );
-        assert_eq!(fixed.controllers().collect::<Vec<_>>(), ["memory"]);
+        assert_eq!(fixed_h.controllers, ["memory"]);
         fixed.remove();
-        let pausable = CgroupLimits {
-            pausable: true,
-            ..CgroupLimits::default()
-        };
-        let mut cg = Cgroup::create(&h, "sb2", pausable).expect("creates");
+        let mut cg = Cgroup::create(&h, "sb2", CgroupLimits::default()).expect("creates");
         let dir = mk("freezer").join("sb2");
         assert!(dir.is_dir());
         // The kernel provides freezer.state; in the fake tree it is a plain file.

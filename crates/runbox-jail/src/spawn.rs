@@ -99,7 +99,6 @@ fn cgroup_for(policy: &Policy, id: &str) -> Result<(Option<Cgroup>, CgroupEnforc
         cpus: l.cpus,
         pids: l.pids,
         oom_kills_group: l.kill_all_on_limit,
-        pausable: policy.pausable,
     };
     let explicit: Vec<&str> = ["memory", "cpus", "pids"]
         .into_iter()
@@ -116,6 +115,11 @@ fn cgroup_for(policy: &Policy, id: &str) -> Result<(Option<Cgroup>, CgroupEnforc
         unavailable: None,
     };
     let created = cgroup::detect().and_then(|h| {
+        let h = if policy.pausable {
+            h
+        } else {
+            h.without_freezer()
+        };
         let missing = |c: &str| !h.controllers.iter().any(|x| x == c);
         for (name, controller, set) in [
             ("memory", "memory", wanted.memory_bytes.is_some()),
@@ -135,13 +139,7 @@ fn cgroup_for(policy: &Policy, id: &str) -> Result<(Option<Cgroup>, CgroupEnforc
     match created {
         Ok(Ok((h, cg))) => {
             report.version = Some(h.version);
-            report.freezer = cg.freezer().is_some();
-            report.controllers = h
-                .controllers
-                .iter()
-                .filter(|c| *c != "freezer" || report.freezer)
-                .cloned()
-                .collect();
+            report.controllers = h.controllers.clone();
             let has = |c: &str| h.controllers.iter().any(|x| x == c);
             report.memory_bytes = wanted.memory_bytes.filter(|_| has("memory"));
             report.swap = if report.memory_bytes.is_some() {
@@ -151,6 +149,7 @@ fn cgroup_for(policy: &Policy, id: &str) -> Result<(Option<Cgroup>, CgroupEnforc
             };
             report.cpus = wanted.cpus.filter(|_| has("cpu"));
             report.pids = wanted.pids.filter(|_| has("pids"));
+            report.freezer = cg.freezer().is_some();
             Ok((Some(cg), report))
         }
         Ok(Err(e)) => Err(e),

@@ -81,9 +81,7 @@ fn mark(ok: bool) -> &'static str {
 
 pub fn main(args: DoctorArgs) -> i32 {
     let host = features::detect();
-    // The policy `runbox run` uses by default (which makes no freezer group: it cannot pause).
-    let mut policy = Policy::new(vec!["/bin/true".into()]);
-    policy.pausable = false;
+    let policy = crate::run::one_shot(Policy::new(vec!["/bin/true".into()]));
     let live = match runbox_jail::run(&policy, Stdin::Null, &mut runbox_jail::Discard) {
         Ok(o) => LiveCheck {
             ok: o.exit_code == Some(0),

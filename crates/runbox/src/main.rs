@@ -32,7 +32,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run one command inside a fresh sandbox and wait for it.
+    #[command(about = run::ABOUT)]
     Run(Box<run::RunArgs>),
     /// Run code cells in one stateful context (python, bash, javascript) in a fresh sandbox.
     Exec(Box<exec::ExecArgs>),
@@ -53,7 +53,7 @@ enum Command {
 #[command(
     name = "runbox run",
     bin_name = "runbox run",
-    about = "Run one command inside a fresh sandbox and wait for it"
+    about = run::ABOUT
 )]
 struct RunCli {
     #[command(flatten)]

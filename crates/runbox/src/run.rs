@@ -1,12 +1,21 @@
 //! `runbox run [OPTIONS] -- CMD [ARGS...]`: one command in a fresh sandbox.
 
 use clap::Args;
-use runbox_jail::{OutputSink, Stdin};
+use runbox_jail::{OutputSink, Policy, Stdin};
 use serde::Serialize;
 use std::io::{IsTerminal, Write};
 
 use crate::exit;
 use crate::sandbox_args::SandboxArgs;
+
+pub const ABOUT: &str = "Run one command inside a fresh sandbox and wait for it";
+
+/// The policy of a one-shot run: nothing can pause it, so on cgroup v1 it gets no freezer
+/// group.
+pub fn one_shot(mut policy: Policy) -> Policy {
+    policy.pausable = false;
+    policy
+}
 
 #[derive(Debug, Args)]
 #[command(trailing_var_arg = true)]
@@ -74,9 +83,7 @@ pub fn main(args: RunArgs) -> i32 {
         return exit::USAGE;
     }
     let json = args.json;
-    let mut policy = args.sandbox.policy(args.command);
-    // Nothing can pause a one-shot run; on cgroup v1 that saves the freezer group.
-    policy.pausable = false;
+    let policy = one_shot(args.sandbox.policy(args.command));
     // A terminal is never handed to the sandbox: with it the command could inject input.
     let stdin = if std::io::stdin().is_terminal() {
         Stdin::Null
